@@ -1,0 +1,134 @@
+"""``interp-tl``: one subcommand per study, plus ``all``.
+
+Every error a user can cause (unknown model or language, bad counts, layers out of range, an
+output folder that cannot be written) prints one line ``interp-tl: error: ...`` and exits with
+status 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from typing import Any, Sequence
+
+from interp_tl import __version__
+from interp_tl.errors import BadInputError, InterpTLError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        self.exit(EXIT_USAGE, f"interp-tl: error: {message}\n")
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    """``"0-3,8"`` -> ``(0, 1, 2, 3, 8)``."""
+    layers: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            layers += range(int(lo), int(hi) + 1) if hi else [int(lo)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"layers must look like 0-3,8, got {text!r}") from None
+    return tuple(layers)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    from interp_tl.models import DEFAULT_MODEL, PROCESSING
+
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL}, offline)")
+    parser.add_argument("--processing", default="none", choices=list(PROCESSING),
+                        help="weight processing: none = raw weights as the research scripts (default), "
+                             "fold_ln, or default = TransformerLens' from_pretrained default")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--n-pairs", type=int, default=200, help="problems per language (multiple of 5)")
+    parser.add_argument("--langs", nargs=2, default=["zh", "en"], metavar=("A", "B"),
+                        help="the two languages compared (zh en es ar ja ko sw)")
+    parser.add_argument("--seed", type=int, default=42, help="problem-set seed (42: the evaluation set)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=None,
+                        help="put BOS before each prompt (default: the model's default)")
+    parser.add_argument("--n-perms", type=int, default=None, help="permutations of the null (default: the seed's)")
+    parser.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for CIs (0: none)")
+    parser.add_argument("--out", default="results", help="output folder (default ./results)")
+    parser.add_argument("--save-activations", action="store_true", help="also write <study>_activations.npz")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``interp-tl`` argument parser."""
+    parser = _Parser(prog="interp-tl", description="Cross-lingual interpretability studies on HookedTransformers.")
+    parser.add_argument("--version", action="version", version=f"interp-tl {__version__}")
+    sub = parser.add_subparsers(dest="study", required=True, parser_class=_Parser)
+    align = sub.add_parser("alignment", help="per-layer zh/en alignment z, attention vs MLP")
+    _common(align)
+    align.add_argument("--layers", type=parse_layers, default=None, help="layers, e.g. 0-3,8 (default all)")
+    emb = sub.add_parser("embedding", help="alignment in the embeddings vs after layer 0")
+    _common(emb)
+    emb.add_argument("--n-token-problems", type=int, default=50, help="problems for the per-token diagnostics")
+    every = sub.add_parser("all", help="every study into one folder, with index.md")
+    _common(every)
+    return parser
+
+
+def _config(config_cls, args: argparse.Namespace):
+    names = {f.name for f in fields(config_cls)}
+    values: dict[str, Any] = {"n_pairs": args.n_pairs, "langs": tuple(args.langs), "seed": args.seed,
+                              "batch_size": args.batch_size, "prepend_bos": args.prepend_bos, "n_boot": args.n_boot}
+    if args.n_perms is not None:
+        values["n_perms"] = args.n_perms
+    for name in ("layers", "n_token_problems"):
+        if getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
+    if args.n_boot < 0 or (args.n_perms is not None and args.n_perms < 1):
+        raise BadInputError("--n-perms must be at least 1 and --n-boot at least 0")
+    return config_cls(**{k: v for k, v in values.items() if k in names})
+
+
+def run(args: argparse.Namespace) -> list[str]:
+    """Run the study (or all of them) the parsed arguments ask for; return the lines to print."""
+    from interp_tl.models import load_model
+    from interp_tl.prompts import check_languages
+    from interp_tl.report import headline, prepare_out_dir, write_index, write_result
+    from interp_tl.studies import STUDIES
+
+    check_languages(args.langs)
+    out = prepare_out_dir(args.out)
+    model = load_model(args.model, args.processing, args.dtype, args.device)
+    names = list(STUDIES) if args.study == "all" else [args.study]
+    results, files, lines = [], {}, []
+    for name in names:
+        config_cls, run_study = STUDIES[name]
+        result = run_study(model, _config(config_cls, args), progress=not args.quiet,
+                           keep_activations=args.save_activations)
+        files[name] = write_result(result, out, args.save_activations)
+        results.append(result)
+        lines.append(f"{name}: {headline(result)}")
+        lines += [f"  wrote {p}" for p in files[name]]
+    if args.study == "all":
+        write_index(out, results, files)
+        lines.append(f"  wrote {out / 'index.md'}")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``interp-tl`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        lines = run(args)
+    except InterpTLError as exc:
+        print(f"interp-tl: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interp-tl: interrupted", file=sys.stderr)
+        return 130
+    for line in lines:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

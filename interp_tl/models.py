@@ -1,0 +1,301 @@
+"""Loading models as TransformerLens ``HookedTransformer`` with explicit weight processing.
+
+One entry point, :func:`load_model`, for every model a study runs on:
+
+* TransformerLens names (``gpt2``, ``Qwen/Qwen2.5-3B``, ``Qwen/Qwen3-4B``, any official name or
+  alias) load with ``HookedTransformer.from_pretrained``. Offline, a model whose weights are not
+  in the local Hugging Face cache fails at once with :class:`ModelNotAvailableError` (one line
+  saying how to get them) instead of TransformerLens' 20 s of retries and a traceback.
+* ``interp-tl/toy-random`` is the offline default: a GPT-2-style model built from a
+  ``HookedTransformerConfig`` with a fixed seed and the byte-level tokenizer shipped in
+  ``interp_tl/data/byte_tokenizer``. It needs no download. Its weights are random, so its
+  numbers test the machinery, not multilingual models.
+
+Weight processing is always explicit (see :data:`PROCESSING`) and recorded by
+:func:`model_provenance`; ``none`` reproduces the raw Hugging Face activations that the
+research scripts read, ``default`` is TransformerLens' default (fold_ln, centred writing
+weights, centred unembed, folded value biases), which turns every residual-stream hook into
+``x - mean(x)`` on LayerNorm models and so changes cosine statistics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import socket
+import warnings
+import weakref
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+import torch
+
+from interp_tl.errors import BadInputError, ModelNotAvailableError
+
+DEFAULT_MODEL = "interp-tl/toy-random"
+
+#: Weight-processing presets: the flags passed to TransformerLens.
+PROCESSING: dict[str, dict[str, bool]] = {
+    "none": dict(fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False),
+    "fold_ln": dict(fold_ln=True, center_writing_weights=False, center_unembed=False, fold_value_biases=False),
+    "default": dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True),
+}
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# What load_model knows about each model it returned (processing preset, name); weak so that
+# models are freed normally.
+_LOADED: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def quiet_tl_deprecation() -> Iterator[None]:
+    """Silence the one DeprecationWarning TransformerLens 3.9 emits on every model construction.
+
+    3.9 points users to ``TransformerBridge`` (4.0 removed ``HookedTransformer``); interp_tl stays
+    on 3.x on purpose, so the warning says nothing to our users.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*TransformerBridge.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*HookedTransformer.*")
+        yield
+
+
+def byte_tokenizer_path() -> str:
+    """Folder of the shipped byte-level tokenizer (256 byte tokens + ``<|endoftext|>`` = id 256)."""
+    return str(resources.files("interp_tl.data").joinpath("byte_tokenizer"))
+
+
+def load_byte_tokenizer():
+    """Load the shipped byte-level tokenizer: token id = UTF-8 byte value, BOS = EOS = PAD = 256.
+
+    It covers every script of the problem set and shares digit tokens across languages; a CJK
+    character is three tokens, an Arabic or Hangul one two.
+    """
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(byte_tokenizer_path())
+
+
+def toy_config(seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """The ``interp-tl/toy-random`` config: GPT-2 style (LayerNorm, absolute positions, GELU)."""
+    from transformer_lens import HookedTransformerConfig
+
+    return HookedTransformerConfig(dtype=dtype, device=device,
+        model_name=DEFAULT_MODEL, n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512,
+        d_vocab=257, n_ctx=512, act_fn="gelu_new", normalization_type="LN",
+        positional_embedding_type="standard", default_prepend_bos=True, seed=seed,
+    )
+
+
+def randomize_norms_and_biases_(model, seed: int = 0, scale: float = 0.1) -> None:
+    """Give every LayerNorm gain ``1 + 3·scale·N(0,1)`` and every bias ``scale·N(0,1)``, in place.
+
+    A freshly initialised HookedTransformer has unit gains and zero biases, in which state
+    weight processing is a no-op; after this, ``none`` / ``fold_ln`` / ``default`` differ as
+    they do on trained models.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            leaf = name.rsplit(".", 1)[-1]
+            noise = torch.randn(param.shape, generator=gen, dtype=torch.float64).to(param.dtype)
+            if leaf == "w" and ".ln" in f".{name}":
+                param.copy_(1.0 + 3 * scale * noise)
+            elif leaf.startswith("b") or leaf in ("_b_K", "_b_V"):
+                param.copy_(scale * noise)
+
+
+def _processing_flags(processing: str) -> dict[str, bool]:
+    if processing not in PROCESSING:
+        raise BadInputError(f"unknown processing {processing!r}: choose one of {', '.join(PROCESSING)}")
+    return dict(PROCESSING[processing])
+
+
+def _dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise BadInputError(f"unknown dtype {dtype!r}: choose one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def process_weights(model, processing: str) -> None:
+    """Apply a processing preset to a model built from a config, in place (all flags explicit).
+
+    Uses ``load_and_process_state_dict`` because ``process_weights_`` cannot turn
+    ``fold_value_biases`` off.
+    """
+    flags = _processing_flags(processing)
+    _refuse_broken_fold_ln(model.cfg, flags)
+    if processing != "none":
+        model.load_and_process_state_dict(model.state_dict(), **flags)
+
+
+def _refuse_broken_fold_ln(cfg, flags: dict[str, bool]) -> None:
+    # TL 3.9 drops the gate bias when folding LayerNorm into a gated MLP (logits move ~0.8).
+    if flags["fold_ln"] and cfg.gated_mlp and cfg.normalization_type == "LN":
+        raise BadInputError(
+            "fold_ln is wrong in TransformerLens 3.9 for LayerNorm models with a gated MLP "
+            "(the gate bias is dropped): use --processing none"
+        )
+
+
+def build_toy_model(processing: str = "none", dtype: str | torch.dtype = "float32", device: str = "cpu", seed: int = 0):
+    """Build ``interp-tl/toy-random``: seeded weights, randomized norms/biases, byte tokenizer."""
+    from transformer_lens import HookedTransformer
+
+    cfg = toy_config(seed, _dtype(dtype), device)
+    with quiet_tl_deprecation():
+        model = HookedTransformer(cfg, tokenizer=load_byte_tokenizer(), default_padding_side="left")
+    randomize_norms_and_biases_(model, seed=seed)
+    process_weights(model, processing)
+    return model.eval()
+
+
+def _official_name(name: str) -> str:
+    from transformer_lens import loading_from_pretrained as loading
+
+    try:
+        return loading.get_official_model_name(name)
+    except ValueError:
+        raise ModelNotAvailableError(
+            f"unknown model {name!r}: use {DEFAULT_MODEL} or a TransformerLens model name such as gpt2, "
+            "Qwen/Qwen2.5-3B, Qwen/Qwen3-4B"
+        ) from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _require_weights(official: str) -> None:
+    """Fail in one line, before TransformerLens retries, when weights can be neither read nor fetched."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = any(
+        isinstance(try_to_load_from_cache(repo, "config.json"), str)
+        for repo in (official, f"openai-community/{official}")
+    )
+    if cached or _hub_reachable():
+        return
+    raise ModelNotAvailableError(
+        f"the weights of {official!r} are not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) "
+        f"and the hub cannot be reached: run `huggingface-cli download {official}` on a machine with "
+        f"internet and point HF_HOME at that cache, or use the offline default --model {DEFAULT_MODEL}"
+    )
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    processing: str = "none",
+    dtype: str | torch.dtype = "float32",
+    device: str = "cpu",
+):
+    """Load a model as a ``HookedTransformer`` with explicit weight processing.
+
+    Args:
+        name: ``interp-tl/toy-random`` (offline default) or any TransformerLens model name.
+        processing: ``none`` (raw weights, the seeds' activations), ``fold_ln`` or ``default``
+            (TransformerLens' from_pretrained default). See :data:`PROCESSING`.
+        dtype: ``float32`` (default), ``float64``, ``float16`` or ``bfloat16``.
+        device: torch device string.
+
+    Returns:
+        The model in eval mode, with a tokenizer.
+
+    Raises:
+        ModelNotAvailableError: unknown name, or weights neither cached nor downloadable.
+        BadInputError: unknown processing or dtype, or fold_ln on a LayerNorm gated-MLP model.
+
+    Pitfall: ``default`` centres every residual-stream write on LayerNorm models, so cosines
+    (and the alignment z) differ from ``none``; the choice is recorded in the provenance.
+    """
+    flags = _processing_flags(processing)
+    torch_dtype = _dtype(dtype)
+    if name == DEFAULT_MODEL:
+        model = build_toy_model(processing, torch_dtype, device)
+    else:
+        model = _load_pretrained(name, flags, torch_dtype, device)
+    _LOADED[model] = {"name": name, "processing": processing, **flags}
+    return model
+
+
+def _load_pretrained(name: str, flags: dict[str, bool], dtype: torch.dtype, device: str):
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as loading
+
+    official = _official_name(name)
+    _require_weights(official)
+    if flags["fold_ln"]:
+        _refuse_broken_fold_ln(loading.get_pretrained_model_config(official), flags)
+    try:
+        with quiet_tl_deprecation():
+            model = HookedTransformer.from_pretrained(official, dtype=dtype, device=device, **flags)
+    except OSError as exc:
+        raise ModelNotAvailableError(f"could not load {official!r}: {str(exc).splitlines()[0]}") from None
+    return model.eval()
+
+
+def weights_fingerprint(model) -> str:
+    """A short hash of the model's parameters (names, shapes and values), for goldens.
+
+    Hashes every parameter's name and shape and a strided sample of up to 65,536 values of
+    each (as float32), so it is cheap on billion-parameter models and changes when weights do.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // 65536)
+        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
+        digest.update(flat[::step].to(torch.float32).cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def model_provenance(model) -> dict[str, Any]:
+    """What produced a model's activations: name, processing flags, dtype, shape, BOS default.
+
+    Models built by the caller (not via :func:`load_model`) report processing as inferred:
+    ``fold_ln`` is visible in the config (``LNPre`` / ``RMSPre``), centring is not.
+    """
+    cfg = model.cfg
+    known = _LOADED.get(model)
+    if known is None:
+        folded = cfg.normalization_type in ("LNPre", "RMSPre")
+        known = {"name": cfg.model_name, "processing": "unknown (model supplied by caller)", "fold_ln": folded}
+    return {
+        **known,
+        "architecture": cfg.original_architecture or "HookedTransformerConfig",
+        "normalization_type": cfg.normalization_type,
+        "positional_embedding_type": cfg.positional_embedding_type,
+        "n_layers": cfg.n_layers, "d_model": cfg.d_model, "n_heads": cfg.n_heads, "d_vocab": cfg.d_vocab,
+        "dtype": str(cfg.dtype).replace("torch.", ""),
+        "default_prepend_bos": bool(cfg.default_prepend_bos),
+        "weights_fingerprint": weights_fingerprint(model),
+    }
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries that decide the numbers."""
+    import numpy
+    import scipy
+    import transformer_lens
+
+    from interp_tl import __version__
+
+    return {
+        "interp_tl": __version__, "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
+        "torch": torch.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
+        "python": ".".join(map(str, sys.version_info[:3])),
+    }

@@ -1,0 +1,163 @@
+"""The parallel problem set: the same math problem in seven languages, with its answer.
+
+``generate_problems(n=200, seed=42)`` reproduces the research scripts' problems in their order:
+``random.Random(seed)`` draws ``n // 5`` problems per category in the order arithmetic,
+combinatorics, modular, geometry, sequences, then shuffles the rows with the same generator.
+The templates ship with the package (``interp_tl/data/problem_templates.json``); the Chinese
+ones keep the full-width '，' and '？' of the original research (the seeds' copies show their
+NFKC forms ',' and '?').
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import unicodedata
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from types import MappingProxyType
+from typing import Mapping, Sequence
+
+from interp_tl.errors import BadInputError, UnknownLanguageError
+
+CATEGORIES: tuple[str, ...] = ("arithmetic", "combinatorics", "modular", "geometry", "sequences")
+
+
+@lru_cache(maxsize=1)
+def load_templates() -> Mapping[str, Mapping[str, str]]:
+    """Return ``{language: {template_key: template}}`` from the packaged JSON (read-only)."""
+    text = resources.files("interp_tl.data").joinpath("problem_templates.json").read_text("utf-8")
+    raw = json.loads(text)
+    return MappingProxyType({lang: MappingProxyType(dict(raw["templates"][lang])) for lang in raw["languages"]})
+
+
+def languages() -> tuple[str, ...]:
+    """All language codes of the problem set, in the packaged order (zh en es ar ja ko sw)."""
+    return tuple(load_templates())
+
+
+def check_languages(langs: Sequence[str]) -> tuple[str, ...]:
+    """Validate language codes; raise :class:`UnknownLanguageError` naming the bad one."""
+    known = languages()
+    for lang in langs:
+        if lang not in known:
+            raise UnknownLanguageError(f"unknown language {lang!r}: the problem set has {' '.join(known)}")
+    if len(set(langs)) != len(langs):
+        raise BadInputError(f"languages repeat: {' '.join(langs)}")
+    return tuple(langs)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem of the parallel set.
+
+    Attributes:
+        index: row in the (shuffled) problem set.
+        category: one of :data:`CATEGORIES`.
+        template: the template key (``arithmetic_plus``, ``arithmetic_times`` or the category).
+        numbers: the drawn numbers, by placeholder name.
+        answer: the integer answer.
+        prompts: ``{language: prompt text}``.
+    """
+
+    index: int
+    category: str
+    template: str
+    numbers: Mapping[str, int]
+    answer: int
+    prompts: Mapping[str, str] = field(repr=False)
+
+    @property
+    def category_id(self) -> int:
+        """The seeds' integer category (0 arithmetic … 4 sequences)."""
+        return CATEGORIES.index(self.category)
+
+
+def _draw(rng: random.Random, category: str) -> tuple[str, dict[str, int], int]:
+    """Draw one problem's numbers with the seeds' exact sequence of calls."""
+    if category == "arithmetic":
+        a, b = rng.randint(10, 999), rng.randint(10, 999)
+        op = rng.choice(["plus", "times"])
+        return f"arithmetic_{op}", {"a": a, "b": b}, a + b if op == "plus" else a * b
+    if category == "combinatorics":
+        n = rng.randint(5, 20)
+        k = rng.randint(1, min(n - 1, 8))
+        return "combinatorics", {"n": n, "k": k}, math.comb(n, k)
+    if category == "modular":
+        a = rng.randint(50, 9999)
+        b = rng.randint(3, 37)
+        return "modular", {"a": a, "b": b}, a % b
+    if category == "geometry":
+        w = rng.randint(2, 50)
+        h = rng.randint(2, 50)
+        return "geometry", {"w": w, "h": h}, w * h
+    a1 = rng.randint(1, 20)
+    d = rng.randint(1, 10)
+    n = rng.randint(5, 30)
+    return "sequences", {"a1": a1, "d": d, "n": n}, n * (2 * a1 + (n - 1) * d) // 2
+
+
+def generate_problems(n: int = 200, seed: int = 42, langs: Sequence[str] | None = None) -> list[Problem]:
+    """Generate the parallel problem set exactly as the research scripts do.
+
+    Args:
+        n: number of problems; ``n // 5`` per category (the seeds' rule), so ``n`` must be a
+            positive multiple of 5.
+        seed: seed of ``random.Random``; 42 is the evaluation set of every study.
+        langs: languages to render (default all seven).
+
+    Returns:
+        ``n`` problems in the seeds' shuffled order.
+
+    Pitfall: the draws of all categories come from one generator, so ``n=100`` is not the
+    first 100 rows of ``n=200``.
+    """
+    if n < 5 or n % 5:
+        raise BadInputError(f"n must be a positive multiple of 5 (n // 5 problems per category), got {n}")
+    langs = check_languages(langs if langs is not None else languages())
+    templates = load_templates()
+    rng = random.Random(seed)
+    rows = [_draw(rng, category) for category in CATEGORIES for _ in range(n // 5)]
+    rng.shuffle(rows)
+    return [
+        Problem(
+            index=i,
+            category=key.split("_")[0],
+            template=key,
+            numbers=MappingProxyType(numbers),
+            answer=answer,
+            prompts=MappingProxyType({lang: templates[lang][key].format(**numbers) for lang in langs}),
+        )
+        for i, (key, numbers, answer) in enumerate(rows)
+    ]
+
+
+def problem_set_id(n: int, seed: int) -> dict[str, object]:
+    """Provenance of a problem set: what regenerates it exactly."""
+    return {"name": "parallel-math-7", "n": n, "seed": seed, "generator": "random.Random, seeds' order"}
+
+
+#: Unicode script(s) of each language's letters, by the prefix of the characters' Unicode names.
+LANGUAGE_SCRIPTS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "zh": ("CJK UNIFIED",), "ja": ("CJK UNIFIED", "HIRAGANA", "KATAKANA"), "ko": ("HANGUL",),
+    "ar": ("ARABIC",), "en": ("LATIN",), "es": ("LATIN",), "sw": ("LATIN",),
+})
+
+
+def char_script(char: str) -> str | None:
+    """The script of a letter (``CJK UNIFIED``, ``HIRAGANA``, ``LATIN``, ...), None for non-letters."""
+    if not char.isalpha():
+        return None
+    name = unicodedata.name(char, "")
+    for prefix in ("CJK UNIFIED", "HIRAGANA", "KATAKANA", "HANGUL", "ARABIC", "LATIN"):
+        if name.startswith(prefix):
+            return prefix
+    return name.split(" ")[0] or None
+
+
+def is_language_text(text: str, lang: str) -> bool:
+    """True when ``text`` has a letter in ``lang``'s script (CJK for zh; kana or CJK for ja; ...)."""
+    scripts = LANGUAGE_SCRIPTS[lang]
+    return any(char_script(c) in scripts for c in text)

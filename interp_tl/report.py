@@ -1,0 +1,216 @@
+"""Writing results: JSON, PNG and npz files, atomically, and the index of a multi-study run.
+
+Everything a study writes is rendered in memory first; files are then written to a temporary
+name in the target folder and renamed into place, so an error never leaves a half-written file.
+Plots use matplotlib's Agg backend and live here, at the edge: the studies never import this.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from interp_tl.errors import OutputPathError
+from interp_tl.studies.common import StudyResult
+
+
+def prepare_out_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` if needed and check a file can be written there (before any work is done).
+
+    Raises:
+        OutputPathError: the folder cannot be created or written.
+    """
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".interp_tl-probe-"):
+            pass
+    except OSError as exc:
+        raise OutputPathError(f"cannot write to output folder {str(out)!r}: {exc.strerror or exc}") from None
+    return out
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputPathError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.integer, np.bool_)):
+        return obj.item()
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        return value if np.isfinite(value) else None
+    return obj
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Strict JSON (NaN/inf become null, numpy scalars and arrays become plain numbers)."""
+    return (json.dumps(_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """A compressed ``.npz`` of the arrays, in memory (read back with ``allow_pickle=False``)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    return buffer.getvalue()
+
+
+def _figure_png(draw: Callable[[Any], None], size: tuple[float, float]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, layout="constrained")
+    draw(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()
+
+
+def _title(result: StudyResult) -> str:
+    data = result.data
+    langs = "/".join(data.get("languages", []))
+    model = result.provenance["model"]
+    return f"{model['name']} ({model['processing']}), {langs}, n={result.provenance['prompts']['n']}"
+
+
+def plot_alignment(result: StudyResult) -> bytes:
+    """z per layer before/after attention/after MLP (left) and Δz of attention vs MLP (right)."""
+    rows = result.data["layer_results"]
+    layers = np.array([r["layer"] for r in rows])
+
+    def value(key: str) -> np.ndarray:
+        return np.array([np.nan if r[key] is None else r[key] for r in rows], dtype=float)
+
+    def draw(fig) -> None:
+        left, right = fig.subplots(1, 2)
+        for key, label in (("z_pre", "resid_pre"), ("z_post_attn", "+ attn"), ("z_post_mlp", "+ mlp")):
+            left.plot(layers, value(key), marker="o", ms=3, label=label)
+        left.axhline(0, color="grey", lw=0.5)
+        left.set(xlabel="layer", ylabel="matched-vs-scrambled z", title="alignment of the residual")
+        left.legend()
+        width = 0.4
+        right.bar(layers - width / 2, value("dz_attn"), width, label="Δz attention")
+        right.bar(layers + width / 2, value("dz_mlp"), width, label="Δz MLP")
+        right.axhline(0, color="grey", lw=0.5)
+        right.set(xlabel="layer", ylabel="Δz", title="Δz per sublayer (not additive)")
+        right.legend()
+        fig.suptitle(_title(result), fontsize=9)
+
+    return _figure_png(draw, (11, 4))
+
+
+def plot_embedding(result: StudyResult) -> bytes:
+    """z of embedding variants vs layer 0 (left), PCA scree (middle), PC0 by language (right)."""
+    data = result.data
+    bars = [("embed\nlast", data["z_raw_embed_last_token"]), ("embed\nmean", data["z_raw_embed_mean_no_bos"])]
+    if data.get("has_pos_embed"):
+        bars += [("embed+pos\nlast", data["z_embed_pos_last_token"]), ("embed+pos\nmean", data["z_embed_pos_mean_no_bos"])]
+    bars.append(("L0 out\nlast", data["z_l0_output_last_token"]))
+    langs = data.get("languages", ["a", "b"])
+
+    def draw(fig) -> None:
+        ax_z, ax_pca, ax_pc0 = fig.subplots(1, 3)
+        ax_z.bar(range(len(bars)), [np.nan if v is None else v for _, v in bars], color="tab:blue")
+        ax_z.set_xticks(range(len(bars)), [b for b, _ in bars], fontsize=7)
+        ax_z.axhline(0, color="grey", lw=0.5)
+        ax_z.set(ylabel="matched-vs-scrambled z", title="embedding vs layer 0")
+        varexp = data["embedding_pca_varexp"]
+        ax_pca.bar(range(len(varexp)), varexp)
+        ax_pca.set(xlabel="PC", ylabel="variance explained", title="PCA of unit last-token embeddings")
+        pc0 = data["pc0_projections"]["embed"]
+        ax_pc0.hist(pc0[0], bins=30, alpha=0.6, label=langs[0])
+        ax_pc0.hist(pc0[1], bins=30, alpha=0.6, label=langs[1])
+        d = data["embedding_cohen_d_pc0"]
+        ax_pc0.set(xlabel="PC0", title=f"PC0 by language (Cohen's d {d:.2f})" if d is not None else "PC0")
+        ax_pc0.legend()
+        fig.suptitle(_title(result), fontsize=9)
+
+    return _figure_png(draw, (13, 4))
+
+
+PLOTS: dict[str, Callable[[StudyResult], bytes]] = {"alignment": plot_alignment, "embedding": plot_embedding}
+
+
+def render(result: StudyResult, save_activations: bool = False) -> dict[str, bytes]:
+    """Every file of a study, rendered in memory: ``{file name: bytes}``."""
+    files = {f"{result.study}.json": json_bytes(result.to_dict()), f"{result.study}.png": PLOTS[result.study](result)}
+    if save_activations:
+        files[f"{result.study}_activations.npz"] = npz_bytes(result.arrays)
+    return files
+
+
+def write_result(result: StudyResult, out_dir: str | os.PathLike, save_activations: bool = False) -> list[Path]:
+    """Render a study's JSON, PNG (and npz) in memory, then write them atomically into ``out_dir``."""
+    out = prepare_out_dir(out_dir)
+    files = render(result, save_activations)
+    for name, data in files.items():
+        atomic_write(out / name, data)
+    return [out / name for name in files]
+
+
+def headline(result: StudyResult) -> str:
+    """One line of a study's main numbers, for the terminal and the index."""
+    data = result.data
+    if result.study == "alignment":
+        zs = [r["z_post_mlp"] for r in data["layer_results"]]
+        best = max(range(len(zs)), key=lambda i: -np.inf if zs[i] is None else zs[i])
+        s = data["summary"]
+        return (f"max z_post_mlp {zs[best]:.2f} at layer {data['layer_results'][best]['layer']}; "
+                f"total dz attn {s['total_dz_attn']:+.2f}, mlp {s['total_dz_mlp']:+.2f}")
+    if result.study == "embedding":
+        z = [data["z_raw_embed_last_token"], data["z_l0_output_last_token"]]
+        return "z embed (last) {}; z layer-0 output (last) {}".format(*(f"{v:.2f}" if v is not None else "n/a" for v in z))
+    return ""
+
+
+def write_index(out_dir: str | os.PathLike, results: Sequence[StudyResult], files: Mapping[str, Sequence[Path]]) -> None:
+    """``index.json`` and ``index.md``: which studies ran, their files and headline numbers."""
+    out = Path(out_dir)
+    entries = [
+        {"study": r.study, "files": [p.name for p in files[r.study]], "headline": headline(r)} for r in results
+    ]
+    first = results[0].provenance if results else {}
+    index = {"studies": entries, "model": first.get("model"), "versions": first.get("versions")}
+    lines = ["# interp_tl results", ""]
+    if results:
+        model = first["model"]
+        lines += [f"Model `{model['name']}` (processing `{model['processing']}`), "
+                  f"prompts {first['prompts']['name']} n={first['prompts']['n']} seed={first['prompts']['seed']}.", ""]
+    for entry in entries:
+        lines += [f"## {entry['study']}", "", entry["headline"], ""]
+        lines += [f"- [{name}]({name})" for name in entry["files"]] + [""]
+        if f"{entry['study']}.png" in entry["files"]:
+            lines += [f"![{entry['study']}]({entry['study']}.png)", ""]
+    atomic_write(out / "index.md", "\n".join(lines).encode("utf-8"))
+    atomic_write(out / "index.json", json_bytes(index))

@@ -1,0 +1,20 @@
+"""One module per study; each composes prompts -> activations -> statistics into a StudyResult.
+
+To add a study: write ``studies/<name>.py`` with a frozen ``<Name>Config`` dataclass and
+``run_<name>(model, config, progress=False, keep_activations=False) -> StudyResult``, register
+it in :data:`STUDIES`, add its plot to ``interp_tl/report.py`` and its flags to ``interp_tl/cli.py``.
+"""
+
+from __future__ import annotations
+
+from interp_tl.studies.alignment import AlignmentConfig, run_alignment
+from interp_tl.studies.common import StudyResult
+from interp_tl.studies.embedding import EmbeddingConfig, run_embedding
+
+#: name -> (config class, run function), in the order ``interp-tl all`` runs them.
+STUDIES = {
+    "alignment": (AlignmentConfig, run_alignment),
+    "embedding": (EmbeddingConfig, run_embedding),
+}
+
+__all__ = ["STUDIES", "AlignmentConfig", "EmbeddingConfig", "StudyResult", "run_alignment", "run_embedding"]
