@@ -288,14 +288,21 @@ def model_provenance(model) -> dict[str, Any]:
 
 def versions() -> dict[str, str]:
     """Versions of the libraries that decide the numbers."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import numpy
     import scipy
-    import transformer_lens
 
     from interp_tl import __version__
 
+    def dist(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "unknown"
+
     return {
-        "interp_tl": __version__, "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
+        "interp_tl": __version__, "transformer_lens": dist("transformer-lens"), "transformers": dist("transformers"),
         "torch": torch.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
         "python": ".".join(map(str, sys.version_info[:3])),
     }

@@ -1,0 +1,55 @@
+"""Shared model fixtures: two small random HookedTransformers and the offline toy model.
+
+``ln_model`` is GPT-2-like (LayerNorm, absolute positions, GELU); ``rms_model`` is Qwen-like
+(RMSNorm, rotary, gated SiLU MLP, grouped-query attention). Both use the shipped byte tokenizer
+(d_vocab 257, BOS = EOS = PAD = 256), left padding, and randomized norm gains and biases so that
+weight processing and padding mistakes show up in the numbers.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def _small_model(seed: int, **overrides):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from interp_tl.models import load_byte_tokenizer, quiet_tl_deprecation, randomize_norms_and_biases_
+
+    base = dict(
+        n_layers=3, d_model=64, n_heads=4, d_head=16, d_mlp=128, d_vocab=257, n_ctx=256,
+        dtype=torch.float32, device="cpu", default_prepend_bos=True, seed=seed,
+    )
+    cfg = HookedTransformerConfig(**{**base, **overrides})
+    with quiet_tl_deprecation():
+        model = HookedTransformer(cfg, tokenizer=load_byte_tokenizer(), default_padding_side="left")
+    randomize_norms_and_biases_(model, seed=seed)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def ln_model():
+    """3 layers, LayerNorm + absolute positions + gelu_new (GPT-2 style)."""
+    return _small_model(
+        seed=1, model_name="test-ln", act_fn="gelu_new", normalization_type="LN",
+        positional_embedding_type="standard",
+    )
+
+
+@pytest.fixture(scope="module")
+def rms_model():
+    """3 layers, RMSNorm + rotary + gated SiLU MLP + GQA (4 heads, 2 KV heads; Qwen style)."""
+    return _small_model(
+        seed=2, model_name="test-rms", act_fn="silu", normalization_type="RMS",
+        positional_embedding_type="rotary", rotary_dim=16, gated_mlp=True, n_key_value_heads=2,
+        default_prepend_bos=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def toy_model():
+    """``interp-tl/toy-random`` as load_model() returns it (processing none)."""
+    from interp_tl.models import load_model
+
+    return load_model()

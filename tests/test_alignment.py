@@ -1,0 +1,204 @@
+"""Alignment study: seed semantics on given activations, identities on real models, goldens."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from interp_tl import goldens
+from interp_tl.errors import BadInputError, LayerRangeError, ModelNotAvailableError, ProvenanceMismatchError
+from interp_tl.studies.alignment import (
+    AlignmentConfig, alignment_from_activations, extract_alignment_activations, run_alignment,
+)
+
+GOLDENS = Path(__file__).parent / "goldens"
+SEED_LAYER_KEYS = {"layer", "z_pre", "z_post_attn", "z_post_mlp", "dz_attn", "dz_mlp", "z_attn_correction_alone",
+                   "z_mlp_correction_alone", "norm_h_pre", "norm_attn_delta", "norm_mlp_delta", "matched_cos_pre",
+                   "matched_cos_post_attn", "matched_cos_post_mlp"}
+SEED_SUMMARY_KEYS = {"total_dz_attn", "total_dz_mlp", "attn_dominant_layers", "mlp_dominant_layers",
+                     "attn_aligned_layers", "mlp_aligned_layers"}
+
+
+def seed_z(zh, en, n_perms=1000):
+    """The research scripts' matched_vs_scrambled_z, verbatim."""
+    zh_u = zh / np.linalg.norm(zh, axis=1, keepdims=True)
+    en_u = en / np.linalg.norm(en, axis=1, keepdims=True)
+    matched = np.mean(np.sum(zh_u * en_u, axis=1))
+    rng = np.random.RandomState(42)
+    scrambled = np.array([np.mean(np.sum(zh_u * en_u[rng.permutation(len(en_u))], axis=1)) for _ in range(n_perms)])
+    return float((matched - scrambled.mean()) / scrambled.std()), float(matched)
+
+
+def seed_analysis(zh, en, layers):
+    """The seed's per-layer analysis and summary loop on {kind: {layer: array}} dicts."""
+    rows = []
+    for layer in layers:
+        z_pre, m_pre = seed_z(zh["pre"][layer], en["pre"][layer], 500)
+        zpa, m_pa = seed_z(zh["pre"][layer] + zh["attn"][layer], en["pre"][layer] + en["attn"][layer], 500)
+        zpm, m_pm = seed_z(zh["pre"][layer] + zh["attn"][layer] + zh["mlp"][layer],
+                           en["pre"][layer] + en["attn"][layer] + en["mlp"][layer], 500)
+        rows.append({
+            "z_pre": z_pre, "z_post_attn": zpa, "z_post_mlp": zpm, "dz_attn": zpa - z_pre, "dz_mlp": zpm - zpa,
+            "z_attn_correction_alone": seed_z(zh["attn"][layer], en["attn"][layer], 500)[0],
+            "z_mlp_correction_alone": seed_z(zh["mlp"][layer], en["mlp"][layer], 500)[0],
+            "norm_h_pre": np.linalg.norm(zh["pre"][layer], axis=1).mean(),
+            "norm_attn_delta": np.linalg.norm(zh["attn"][layer], axis=1).mean(),
+            "norm_mlp_delta": np.linalg.norm(zh["mlp"][layer], axis=1).mean(),
+            "matched_cos_pre": m_pre, "matched_cos_post_attn": m_pa, "matched_cos_post_mlp": m_pm,
+        })
+    summary = {
+        "total_dz_attn": sum(r["dz_attn"] for r in rows), "total_dz_mlp": sum(r["dz_mlp"] for r in rows),
+        "attn_dominant_layers": sum(1 for r in rows if r["dz_attn"] > r["dz_mlp"] and r["dz_attn"] > 0.5),
+        "mlp_dominant_layers": sum(1 for r in rows if r["dz_mlp"] > r["dz_attn"] and r["dz_mlp"] > 0.5),
+        "attn_aligned_layers": sum(1 for r in rows if r["z_attn_correction_alone"] > 3.0),
+        "mlp_aligned_layers": sum(1 for r in rows if r["z_mlp_correction_alone"] > 3.0),
+    }
+    return rows, summary
+
+
+def _synthetic(n=40, d=24, layers=3, seed=0):
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(size=(n, d))
+    out = {}
+    for lang in ("zh", "en"):
+        out[lang] = {kind: {layer: (shared * (layer + 1) * w + rng.normal(size=(n, d)))
+                            for layer in range(layers)}
+                     for kind, w in (("pre", 0.3), ("attn", 0.5), ("mlp", 0.05))}
+    return out
+
+
+def _hook_dict(acts):
+    return {f"blocks.{layer}.hook_{name}": acts[kind][layer]
+            for kind, name in (("pre", "resid_pre"), ("attn", "attn_out"), ("mlp", "mlp_out")) for layer in acts["pre"]}
+
+
+def test_statistics_equal_the_seed_loop():
+    acts = _synthetic()
+    rows, summary = alignment_from_activations(_hook_dict(acts["zh"]), _hook_dict(acts["en"]), [0, 1, 2],
+                                               AlignmentConfig(n_boot=0))
+    ref_rows, ref_summary = seed_analysis(acts["zh"], acts["en"], [0, 1, 2])
+    for got, want in zip(rows, ref_rows):
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, abs=1e-6), key
+    for key, value in ref_summary.items():
+        assert summary[key] == pytest.approx(value, abs=1e-6), key
+    assert summary["attn_aligned_layers"] > 0 and summary["mlp_aligned_layers"] < 3  # the data exercises both sides
+
+
+@pytest.fixture(scope="module")
+def toy_run(toy_model):
+    return run_alignment(toy_model, AlignmentConfig(n_pairs=40, n_boot=50), keep_activations=True)
+
+
+def test_result_has_the_seed_keys_and_provenance(toy_run, toy_model):
+    data = toy_run.data
+    assert {"model", "n_problems", "n_layers", "hidden_size", "methodology", "layer_results", "summary"} <= set(data)
+    assert data["n_problems"] == 40 and data["n_layers"] == toy_model.cfg.n_layers == len(data["layer_results"])
+    for row in data["layer_results"]:
+        assert SEED_LAYER_KEYS <= set(row)
+        stage = row["stats"]["post_mlp"]
+        assert stage["ci"]["z_exact"][0] <= stage["z_exact"] <= stage["ci"]["z_exact"][1]
+        assert 0 < stage["p_value"] <= 1 and 0 <= stage["retrieval"]["auc"] <= 1
+    assert SEED_SUMMARY_KEYS <= set(data["summary"])
+    prov = toy_run.provenance
+    assert prov["model"]["name"] == "interp-tl/toy-random" and prov["model"]["processing"] == "none"
+    assert prov["model"]["fold_ln"] is False and prov["prepend_bos"] is True and prov["bos_token_id"] == 256
+    assert prov["prompts"]["seed"] == 42 and prov["prompts"]["n"] == 40 and prov["prompts"]["languages"] == ["zh", "en"]
+    assert prov["layers"] == [0, 1, 2, 3] and prov["versions"]["transformer_lens"].startswith("3.")
+    json.dumps(toy_run.to_dict(), allow_nan=False)
+
+
+def test_residual_parts_add_up(toy_run):
+    assert toy_run.data["summary"]["resid_sum_max_rel_error"] < 1e-5
+
+
+def test_saved_activations_reproduce_the_numbers(toy_run):
+    arrays, rows = toy_run.arrays, toy_run.data["layer_results"]
+    assert set(arrays) == {f"{lang}_{kind}_L{layer}" for lang in ("zh", "en") for layer in range(4)
+                           for kind in ("attn_delta", "mlp_delta", "h_pre")}
+    for row in rows:
+        layer = row["layer"]
+        zh = arrays[f"zh_h_pre_L{layer}"] + arrays[f"zh_attn_delta_L{layer}"] + arrays[f"zh_mlp_delta_L{layer}"]
+        en = arrays[f"en_h_pre_L{layer}"] + arrays[f"en_attn_delta_L{layer}"] + arrays[f"en_mlp_delta_L{layer}"]
+        assert seed_z(zh, en, 500)[0] == pytest.approx(row["z_post_mlp"], abs=1e-4)
+
+
+def test_same_seed_same_numbers(toy_model, toy_run):
+    again = run_alignment(toy_model, AlignmentConfig(n_pairs=40, n_boot=50))
+    assert again.to_dict() == toy_run.to_dict()
+
+
+def test_grouped_query_rotary_model(rms_model):
+    result = run_alignment(rms_model, AlignmentConfig(n_pairs=20, n_boot=0, layers=(0, 2), langs=("en", "ja")))
+    assert [r["layer"] for r in result.data["layer_results"]] == [0, 2]
+    assert result.data["summary"]["resid_sum_max_rel_error"] < 1e-5
+    assert result.provenance["prepend_bos"] is False
+
+
+def test_centred_processing_changes_the_numbers(toy_model):
+    """TL's default processing centres the residual, so cosines (and z) move: the choice matters."""
+    from interp_tl.models import load_model
+
+    centred = load_model(processing="default")
+    prompts, layers, raw = extract_alignment_activations(toy_model, AlignmentConfig(n_pairs=10, layers=(2,)))
+    _, _, cen = extract_alignment_activations(centred, AlignmentConfig(n_pairs=10, layers=(2,)))
+    x = raw["zh"]["blocks.2.hook_resid_post"]
+    np.testing.assert_allclose(cen["zh"]["blocks.2.hook_resid_post"], x - x.mean(-1, keepdims=True), atol=2e-4)
+    assert np.abs(x.mean(-1)).max() > 1e-2
+
+
+def test_bad_input(toy_model):
+    with pytest.raises(LayerRangeError, match="layer 7 is out of range"):
+        run_alignment(toy_model, AlignmentConfig(n_pairs=10, layers=(7,)))
+    with pytest.raises(BadInputError, match="mismatched pairs"):
+        acts = _synthetic()
+        short = {k: v[:-1] for k, v in _hook_dict(acts["en"]).items()}
+        alignment_from_activations(_hook_dict(acts["zh"]), short, [0])
+    with pytest.raises(BadInputError, match="zero norm"):
+        acts = _hook_dict(_synthetic()["zh"])
+        zeroed = {**acts, "blocks.0.hook_attn_out": np.zeros_like(acts["blocks.0.hook_attn_out"])}
+        alignment_from_activations(zeroed, acts, [0])
+
+
+def _golden_check(model, path):
+    recorded = goldens.load(path)
+    goldens.check_model(recorded, model)
+    problems = goldens.differences(recorded, goldens.compute(model), atol=2e-3, rtol=1e-4)
+    assert not problems, "\n".join(problems[:10])
+
+
+def test_toy_goldens(toy_model):
+    """Per-layer z of the offline default model (random weights: this checks the machinery)."""
+    _golden_check(toy_model, GOLDENS / "interp-tl__toy-random.json")
+
+
+def test_goldens_are_two_sided():
+    recorded = goldens.load(GOLDENS / "interp-tl__toy-random.json")
+    for delta in (+0.01, -0.01):
+        moved = json.loads(json.dumps(recorded))
+        moved["alignment"]["z_post_mlp"][1] += delta
+        assert goldens.differences(recorded, moved, atol=2e-3, rtol=1e-4) == [
+            f"alignment.z_post_mlp[1]: golden {recorded['alignment']['z_post_mlp'][1]}, "
+            f"got {moved['alignment']['z_post_mlp'][1]}"]
+
+
+def test_goldens_refuse_other_weights(ln_model):
+    recorded = goldens.load(GOLDENS / "interp-tl__toy-random.json")
+    with pytest.raises(ProvenanceMismatchError, match="refusing to compare"):
+        goldens.check_model(recorded, ln_model)
+
+
+def test_gpt2_goldens():
+    """GPT-2 small regression: recorded with `python experiments/record_goldens.py --model gpt2`."""
+    path = GOLDENS / "gpt2.json"
+    if not path.exists():
+        pytest.skip("no GPT-2 goldens: record them where GPT-2 small's real weights are available with "
+                    "`python experiments/record_goldens.py --model gpt2`")
+    from interp_tl.models import load_model
+
+    try:
+        model = load_model("gpt2", processing="none")
+    except ModelNotAvailableError as exc:
+        pytest.skip(f"GPT-2 small's weights are not available here: {exc}")
+    _golden_check(model, path)
