@@ -229,6 +229,10 @@ def extract(
     check_lengths(model, tokens)
     if batch_size < 1:
         raise BadInputError(f"batch size must be at least 1, got {batch_size}")
+    if reduce not in ("last", "mean", "all"):
+        raise BadInputError(f"unknown reduce {reduce!r}: choose last, mean or all")
+    if reduce == "mean" and tokens.prepend_bos and tokens.lengths.min() < 2:
+        raise BadInputError("a prompt has only its BOS token: no real tokens to average")
     lengths = tokens.lengths
     order = np.argsort(lengths, kind="stable")
     collector = _Collector(len(tokens.ids), reduce)
@@ -249,6 +253,12 @@ def extract(
             model.run_with_hooks(
                 toks, attention_mask=mask, return_type=None, stop_at_layer=stop, fwd_hooks=fwd_hooks
             )
+    missing = [name for name in hook_names if name not in collector.out]
+    if missing:
+        raise BadInputError(
+            f"hook {missing[0]!r} exists but never ran in this model's forward pass "
+            "(e.g. hook_attn_in needs use_attn_in, hook_result needs use_attn_result)"
+        )
     return collector.out
 
 
