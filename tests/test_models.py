@@ -11,7 +11,8 @@ import torch
 
 from interp_tl.errors import BadInputError, ModelNotAvailableError
 from interp_tl.models import (
-    DEFAULT_MODEL, PROCESSING, load_model, model_provenance, process_weights, weights_fingerprint,
+    DEFAULT_MODEL, PROCESSING, load_model, model_provenance, process_weights, quiet_tl_deprecation,
+    weights_fingerprint,
 )
 
 SHARED_TOOL = Path(__file__).resolve().parents[2] / "shared" / "tools" / "make_offline_gpt2.py"
@@ -49,7 +50,8 @@ def test_fold_ln_refused_for_layernorm_gated_mlp():
 
     cfg = HookedTransformerConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32, d_vocab=20, n_ctx=8,
                                   act_fn="silu", normalization_type="LN", gated_mlp=True)
-    model = HookedTransformer(cfg)
+    with quiet_tl_deprecation():
+        model = HookedTransformer(cfg)
     with pytest.raises(BadInputError, match="gate bias is dropped"):
         process_weights(model, "fold_ln")
 
