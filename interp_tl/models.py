@@ -21,8 +21,8 @@ weights, centred unembed, folded value biases), which turns every residual-strea
 from __future__ import annotations
 
 import hashlib
-import sys
 import socket
+import sys
 import warnings
 import weakref
 from contextlib import contextmanager

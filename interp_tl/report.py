@@ -105,7 +105,7 @@ def _title(result: StudyResult) -> str:
 
 
 def plot_alignment(result: StudyResult) -> bytes:
-    """z per layer before/after attention/after MLP (left) and Δz of attention vs MLP (right)."""
+    """Z per layer before/after attention/after MLP (left) and Δz of attention vs MLP (right)."""
     rows = result.data["layer_results"]
     layers = np.array([r["layer"] for r in rows])
 
@@ -131,11 +131,12 @@ def plot_alignment(result: StudyResult) -> bytes:
 
 
 def plot_embedding(result: StudyResult) -> bytes:
-    """z of embedding variants vs layer 0 (left), PCA scree (middle), PC0 by language (right)."""
+    """Z of embedding variants vs layer 0 (left), PCA scree (middle), PC0 by language (right)."""
     data = result.data
     bars = [("embed\nlast", data["z_raw_embed_last_token"]), ("embed\nmean", data["z_raw_embed_mean_no_bos"])]
     if data.get("has_pos_embed"):
-        bars += [("embed+pos\nlast", data["z_embed_pos_last_token"]), ("embed+pos\nmean", data["z_embed_pos_mean_no_bos"])]
+        bars += [("embed+pos\nlast", data["z_embed_pos_last_token"]),
+                 ("embed+pos\nmean", data["z_embed_pos_mean_no_bos"])]
     bars.append(("L0 out\nlast", data["z_l0_output_last_token"]))
     langs = data.get("languages", ["a", "b"])
 
@@ -190,11 +191,14 @@ def headline(result: StudyResult) -> str:
                 f"total dz attn {s['total_dz_attn']:+.2f}, mlp {s['total_dz_mlp']:+.2f}")
     if result.study == "embedding":
         z = [data["z_raw_embed_last_token"], data["z_l0_output_last_token"]]
-        return "z embed (last) {}; z layer-0 output (last) {}".format(*(f"{v:.2f}" if v is not None else "n/a" for v in z))
+        shown = [f"{v:.2f}" if v is not None else "n/a" for v in z]
+        return f"z embed (last) {shown[0]}; z layer-0 output (last) {shown[1]}"
     return ""
 
 
-def write_index(out_dir: str | os.PathLike, results: Sequence[StudyResult], files: Mapping[str, Sequence[Path]]) -> None:
+def write_index(
+    out_dir: str | os.PathLike, results: Sequence[StudyResult], files: Mapping[str, Sequence[Path]]
+) -> None:
     """``index.json`` and ``index.md``: which studies ran, their files and headline numbers."""
     out = Path(out_dir)
     entries = [

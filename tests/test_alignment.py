@@ -9,7 +9,10 @@ import pytest
 from interp_tl import goldens
 from interp_tl.errors import BadInputError, LayerRangeError, ModelNotAvailableError, ProvenanceMismatchError
 from interp_tl.studies.alignment import (
-    AlignmentConfig, alignment_from_activations, extract_alignment_activations, run_alignment,
+    AlignmentConfig,
+    alignment_from_activations,
+    extract_alignment_activations,
+    run_alignment,
 )
 
 GOLDENS = Path(__file__).parent / "goldens"

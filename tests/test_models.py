@@ -11,7 +11,12 @@ import torch
 
 from interp_tl.errors import BadInputError, ModelNotAvailableError
 from interp_tl.models import (
-    DEFAULT_MODEL, PROCESSING, load_model, model_provenance, process_weights, quiet_tl_deprecation,
+    DEFAULT_MODEL,
+    PROCESSING,
+    load_model,
+    model_provenance,
+    process_weights,
+    quiet_tl_deprecation,
     weights_fingerprint,
 )
 

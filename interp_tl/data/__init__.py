@@ -1,0 +1,1 @@
+"""Data shipped with the package: problem templates and the byte-level tokenizer."""

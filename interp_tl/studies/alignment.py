@@ -156,8 +156,9 @@ def alignment_from_activations(
     """The study's statistics from already extracted last-token activations (no model).
 
     Args:
-        acts_a, acts_b: ``{f"blocks.{L}.{hook}": [n_pairs, d_model]}`` for every hook of
-            :data:`HOOKS` (``hook_resid_post`` optional) and layer, row i of both = problem i.
+        acts_a: ``{f"blocks.{L}.{hook}": [n_pairs, d_model]}`` for every hook of :data:`HOOKS`
+            (``hook_resid_post`` optional) and layer, first language; row i = problem i.
+        acts_b: the same for the second language, row-aligned with ``acts_a``.
         layers: the layers to analyse.
         config: statistics settings (``n_perms``, ``perm_seed``, ``n_boot``).
 
