@@ -112,6 +112,8 @@ def plot_alignment(result: StudyResult) -> bytes:
     def value(key: str) -> np.ndarray:
         return np.array([np.nan if r[key] is None else r[key] for r in rows], dtype=float)
 
+    from matplotlib.ticker import MaxNLocator
+
     def draw(fig) -> None:
         left, right = fig.subplots(1, 2)
         for key, label in (("z_pre", "resid_pre"), ("z_post_attn", "+ attn"), ("z_post_mlp", "+ mlp")):
@@ -125,6 +127,8 @@ def plot_alignment(result: StudyResult) -> bytes:
         right.axhline(0, color="grey", lw=0.5)
         right.set(xlabel="layer", ylabel="Δz", title="Δz per sublayer (not additive)")
         right.legend()
+        for ax in (left, right):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.suptitle(_title(result), fontsize=9)
 
     return _figure_png(draw, (11, 4))
