@@ -384,8 +384,11 @@ def bootstrap_ci(
     n_boot = _check_count(n_boot, "n_boot", 1)
     if not 0.0 < level < 1.0:
         raise BadInputError(f"level must be in (0, 1), got {level!r}")
-    S = similarity(a, b)
-    counts = _bootstrap_counts(_bootstrap_indices(S.shape[0], n_boot, int(seed)), S.shape[0])
+    return _bootstrap_from_similarity(similarity(a, b), n_boot, int(seed), float(level))
+
+
+def _bootstrap_from_similarity(S: np.ndarray, n_boot: int, seed: int, level: float) -> dict[str, Any]:
+    counts = _bootstrap_counts(_bootstrap_indices(S.shape[0], n_boot, seed), S.shape[0])
     gaps, zs = _bootstrap_stats(S, counts)
     return {
         "gap": _percentile_interval(gaps, level),
@@ -508,5 +511,5 @@ def alignment_summary(
     out: dict[str, Any] = _alignment_from_similarity(S, n_perms, int(seed)).as_dict()
     out["retrieval"] = _retrieval_from_similarity(S)
     if n_boot > 0:
-        out["ci"] = bootstrap_ci(a, b, n_boot=n_boot)
+        out["ci"] = _bootstrap_from_similarity(S, n_boot, seed=0, level=0.95)
     return out

@@ -85,18 +85,11 @@ def _stage_vectors(acts: LayerActs, layer: int) -> dict[str, np.ndarray]:
     return {"pre": pre, "post_attn": pre + attn, "post_mlp": pre + attn + mlp, "attn_alone": attn, "mlp_alone": mlp}
 
 
-def _stage_stats(x: np.ndarray, y: np.ndarray, config: AlignmentConfig) -> dict[str, Any]:
-    result = stats.matched_vs_scrambled_z(x, y, n_perms=config.n_perms, seed=config.perm_seed)
-    entry = {**result.as_dict(), "retrieval": stats.retrieval_auc(x, y)}
-    if config.n_boot:
-        entry["ci"] = stats.bootstrap_ci(x, y, n_boot=config.n_boot, seed=0)
-    return entry
-
-
 def layer_entry(acts_a: LayerActs, acts_b: LayerActs, layer: int, config: AlignmentConfig) -> dict[str, Any]:
     """One element of the seeds' ``layer_results`` (same keys), plus full statistics per stage."""
     va, vb = _stage_vectors(acts_a, layer), _stage_vectors(acts_b, layer)
-    full = {stage: _stage_stats(va[stage], vb[stage], config) for stage in STAGES}
+    full = {stage: stats.alignment_summary(va[stage], vb[stage], config.n_perms, config.perm_seed, config.n_boot)
+            for stage in STAGES}
     z = {stage: full[stage]["z"] for stage in STAGES}
     norm = {stage: float(np.linalg.norm(va[stage], axis=1).mean()) for stage in ("pre", "attn_alone", "mlp_alone")}
     return {

@@ -64,12 +64,8 @@ class EmbeddingConfig:
     n_boot: int = 200
 
 
-def _z(x: np.ndarray, y: np.ndarray, config: EmbeddingConfig, ci: bool = True) -> dict[str, Any]:
-    entry = stats.matched_vs_scrambled_z(x, y, n_perms=config.n_perms, seed=config.perm_seed).as_dict()
-    entry["retrieval"] = stats.retrieval_auc(x, y)
-    if ci and config.n_boot:
-        entry["ci"] = stats.bootstrap_ci(x, y, n_boot=config.n_boot, seed=0)
-    return entry
+def _z(x: np.ndarray, y: np.ndarray, config: EmbeddingConfig) -> dict[str, Any]:
+    return stats.alignment_summary(x, y, config.n_perms, config.perm_seed, config.n_boot)
 
 
 def _cos(u: np.ndarray, v: np.ndarray) -> float:
