@@ -32,7 +32,7 @@ def lm_loss(model) -> float:
 
 
 def golden_path(name: str) -> Path:
-    return Path(__file__).resolve().parents[1] / "tests" / "goldens" / f"{name.replace('/', '__')}.json"
+    return Path(__file__).resolve().parents[1] / "tests" / "goldens" / goldens.file_name(name)
 
 
 def main() -> int:

@@ -51,6 +51,11 @@ def record(model, name: str, path: str | Path) -> dict[str, Any]:
     return goldens
 
 
+def file_name(model_name: str) -> str:
+    """The goldens file of a model: ``gpt2`` -> ``gpt2.json``, ``interp-tl/toy-random`` -> ``interp-tl__toy-random.json``."""
+    return f"{model_name.replace('/', '__')}.json"
+
+
 def load(path: str | Path) -> dict[str, Any]:
     """Read a goldens file."""
     return json.loads(Path(path).read_text("utf-8"))

@@ -105,7 +105,7 @@ def _title(result: StudyResult) -> str:
 
 
 def plot_alignment(result: StudyResult) -> bytes:
-    """Z per layer before/after attention/after MLP (left) and Δz of attention vs MLP (right)."""
+    """Alignment z per layer before/after attention/after MLP (left) and Δz of attention vs MLP (right)."""
     rows = result.data["layer_results"]
     layers = np.array([r["layer"] for r in rows])
 
@@ -135,7 +135,7 @@ def plot_alignment(result: StudyResult) -> bytes:
 
 
 def plot_embedding(result: StudyResult) -> bytes:
-    """Z of embedding variants vs layer 0 (left), PCA scree (middle), PC0 by language (right)."""
+    """Alignment z of embedding variants vs layer 0 (left), PCA scree (middle), PC0 by language (right)."""
     data = result.data
     bars = [("embed\nlast", data["z_raw_embed_last_token"]), ("embed\nmean", data["z_raw_embed_mean_no_bos"])]
     if data.get("has_pos_embed"):

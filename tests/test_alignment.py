@@ -173,11 +173,11 @@ def _golden_check(model, path):
 
 def test_toy_goldens(toy_model):
     """Per-layer z of the offline default model (random weights: this checks the machinery)."""
-    _golden_check(toy_model, GOLDENS / "interp-tl__toy-random.json")
+    _golden_check(toy_model, GOLDENS / goldens.file_name("interp-tl/toy-random"))
 
 
 def test_goldens_are_two_sided():
-    recorded = goldens.load(GOLDENS / "interp-tl__toy-random.json")
+    recorded = goldens.load(GOLDENS / goldens.file_name("interp-tl/toy-random"))
     for delta in (+0.01, -0.01):
         moved = json.loads(json.dumps(recorded))
         moved["alignment"]["z_post_mlp"][1] += delta
@@ -187,14 +187,14 @@ def test_goldens_are_two_sided():
 
 
 def test_goldens_refuse_other_weights(ln_model):
-    recorded = goldens.load(GOLDENS / "interp-tl__toy-random.json")
+    recorded = goldens.load(GOLDENS / goldens.file_name("interp-tl/toy-random"))
     with pytest.raises(ProvenanceMismatchError, match="refusing to compare"):
         goldens.check_model(recorded, ln_model)
 
 
 def test_gpt2_goldens():
     """GPT-2 small regression: recorded with `python experiments/record_goldens.py --model gpt2`."""
-    path = GOLDENS / "gpt2.json"
+    path = GOLDENS / goldens.file_name("gpt2")
     if not path.exists():
         pytest.skip("no GPT-2 goldens: record them where GPT-2 small's real weights are available with "
                     "`python experiments/record_goldens.py --model gpt2`")
