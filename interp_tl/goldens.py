@@ -52,7 +52,7 @@ def record(model, name: str, path: str | Path) -> dict[str, Any]:
 
 
 def file_name(model_name: str) -> str:
-    """The goldens file of a model: ``gpt2`` -> ``gpt2.json``, ``interp-tl/toy-random`` -> ``interp-tl__toy-random.json``."""
+    """The goldens file of a model: ``gpt2`` -> ``gpt2.json``, ``a/b`` -> ``a__b.json``."""
     return f"{model_name.replace('/', '__')}.json"
 
 
