@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from seed_reference import seeds_matched_vs_scrambled_z
 
 from interp_tl import goldens
 from interp_tl.errors import BadInputError, LayerRangeError, ModelNotAvailableError, ProvenanceMismatchError
@@ -23,28 +24,18 @@ SEED_SUMMARY_KEYS = {"total_dz_attn", "total_dz_mlp", "attn_dominant_layers", "m
                      "attn_aligned_layers", "mlp_aligned_layers"}
 
 
-def seed_z(zh, en, n_perms=1000):
-    """The research scripts' matched_vs_scrambled_z, verbatim."""
-    zh_u = zh / np.linalg.norm(zh, axis=1, keepdims=True)
-    en_u = en / np.linalg.norm(en, axis=1, keepdims=True)
-    matched = np.mean(np.sum(zh_u * en_u, axis=1))
-    rng = np.random.RandomState(42)
-    scrambled = np.array([np.mean(np.sum(zh_u * en_u[rng.permutation(len(en_u))], axis=1)) for _ in range(n_perms)])
-    return float((matched - scrambled.mean()) / scrambled.std()), float(matched)
-
-
 def seed_analysis(zh, en, layers):
     """The seed's per-layer analysis and summary loop on {kind: {layer: array}} dicts."""
     rows = []
     for layer in layers:
-        z_pre, m_pre = seed_z(zh["pre"][layer], en["pre"][layer], 500)
-        zpa, m_pa = seed_z(zh["pre"][layer] + zh["attn"][layer], en["pre"][layer] + en["attn"][layer], 500)
-        zpm, m_pm = seed_z(zh["pre"][layer] + zh["attn"][layer] + zh["mlp"][layer],
+        z_pre, m_pre, _, _ = seeds_matched_vs_scrambled_z(zh["pre"][layer], en["pre"][layer], 500)
+        zpa, m_pa, _, _ = seeds_matched_vs_scrambled_z(zh["pre"][layer] + zh["attn"][layer], en["pre"][layer] + en["attn"][layer], 500)
+        zpm, m_pm, _, _ = seeds_matched_vs_scrambled_z(zh["pre"][layer] + zh["attn"][layer] + zh["mlp"][layer],
                            en["pre"][layer] + en["attn"][layer] + en["mlp"][layer], 500)
         rows.append({
             "z_pre": z_pre, "z_post_attn": zpa, "z_post_mlp": zpm, "dz_attn": zpa - z_pre, "dz_mlp": zpm - zpa,
-            "z_attn_correction_alone": seed_z(zh["attn"][layer], en["attn"][layer], 500)[0],
-            "z_mlp_correction_alone": seed_z(zh["mlp"][layer], en["mlp"][layer], 500)[0],
+            "z_attn_correction_alone": seeds_matched_vs_scrambled_z(zh["attn"][layer], en["attn"][layer], 500)[0],
+            "z_mlp_correction_alone": seeds_matched_vs_scrambled_z(zh["mlp"][layer], en["mlp"][layer], 500)[0],
             "norm_h_pre": np.linalg.norm(zh["pre"][layer], axis=1).mean(),
             "norm_attn_delta": np.linalg.norm(zh["attn"][layer], axis=1).mean(),
             "norm_mlp_delta": np.linalg.norm(zh["mlp"][layer], axis=1).mean(),
@@ -124,7 +115,7 @@ def test_saved_activations_reproduce_the_numbers(toy_run):
         layer = row["layer"]
         zh = arrays[f"zh_h_pre_L{layer}"] + arrays[f"zh_attn_delta_L{layer}"] + arrays[f"zh_mlp_delta_L{layer}"]
         en = arrays[f"en_h_pre_L{layer}"] + arrays[f"en_attn_delta_L{layer}"] + arrays[f"en_mlp_delta_L{layer}"]
-        assert seed_z(zh, en, 500)[0] == pytest.approx(row["z_post_mlp"], abs=1e-4)
+        assert seeds_matched_vs_scrambled_z(zh, en, 500)[0] == pytest.approx(row["z_post_mlp"], abs=1e-4)
 
 
 def test_same_seed_same_numbers(toy_model, toy_run):

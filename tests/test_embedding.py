@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from seed_reference import seeds_matched_vs_scrambled_z as seed_z
 from sklearn.decomposition import PCA
 
 from interp_tl.studies.embedding import EmbeddingConfig, run_embedding
-from tests.test_alignment import seed_z
 
 SEED_KEYS = {"z_raw_embed_last_token", "z_raw_embed_mean_no_bos", "z_l0_output_last_token", "delta_l0_minus_embed",
              "embedding_pca_varexp", "embedding_cohen_d_pc0"}
