@@ -156,10 +156,9 @@ def layer_flops(T: int, d: int, d_mlp: int) -> int:
 
 def batches_as_interp_tl(lengths: list[int], batch_size: int) -> list[list[int]]:
     """The token lengths of each batch, as ``interp_tl.activations.extract`` forms them."""
-    import numpy as np
+    from interp_tl.activations import length_sorted_batches
 
-    order = np.argsort(np.asarray(lengths), kind="stable")
-    return [[lengths[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
+    return [[lengths[i] for i in rows] for rows in length_sorted_batches(lengths, batch_size)]
 
 
 def flop_counts(lengths: list[int], batch_size: int, n_layers: int, d: int, d_mlp: int, vocab: int) -> dict:
@@ -307,15 +306,12 @@ def run_children(args, tmp: Path, sizes: list[int]) -> dict[str, Any]:
 
 def stats_breakdown(acts_a, acts_b, layers, config) -> dict[str, float]:
     """Time each statistics call of ``layer_entry`` separately, on the same stage vectors."""
-    import numpy as np
-
     from interp_tl import stats
+    from interp_tl.studies.alignment import STAGES, _stage_vectors  # the study's own stage vectors
 
     def stages(acts, layer):
-        pre = acts[f"blocks.{layer}.hook_resid_pre"].astype(np.float64)
-        attn = acts[f"blocks.{layer}.hook_attn_out"].astype(np.float64)
-        mlp = acts[f"blocks.{layer}.hook_mlp_out"].astype(np.float64)
-        return [pre, pre + attn, pre + attn + mlp, attn, mlp]
+        vectors = _stage_vectors(acts, layer)
+        return [vectors[stage] for stage in STAGES]
 
     t = dict.fromkeys(["stage_vectors", "similarity", "z", "retrieval", "bootstrap"], 0.0)
     for layer in layers:
@@ -336,9 +332,9 @@ def forward_references(model, tokens, batch_size: int) -> dict[str, float]:
     """The same padded batches through TL without hooks and through HF's GPT2Model (no unembed)."""
     import torch
 
-    from interp_tl.activations import _left_pad  # the exact padding interp_tl uses
+    from interp_tl.activations import _left_pad, length_sorted_batches  # the exact batches interp_tl runs
 
-    batches = [list(map(int, b)) for b in _order_batches(tokens.lengths, batch_size)]
+    batches = [list(map(int, b)) for b in length_sorted_batches(tokens.lengths, batch_size)]
     padded = [_left_pad([tokens.ids[i] for i in rows], 0, "cpu") for rows in batches]
     out = {}
     with torch.inference_mode():
@@ -359,13 +355,6 @@ def forward_references(model, tokens, batch_size: int) -> dict[str, float]:
         out["hf_gpt2model_batched_s"] = time.perf_counter() - t0
     del hf
     return out
-
-
-def _order_batches(lengths, batch_size):
-    import numpy as np
-
-    order = np.argsort(lengths, kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def run_in_process(args) -> dict[str, Any]:

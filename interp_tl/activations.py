@@ -148,6 +148,12 @@ def _stop_layer(model, hook_names: Sequence[str]) -> int | None:
     return last + 1 if last + 1 < model.cfg.n_layers else None
 
 
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Row indices of each batch :func:`extract` runs: prompts sorted by length (stable), then chunked."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     toks = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -234,13 +240,12 @@ def extract(
     if reduce == "mean" and tokens.prepend_bos and tokens.lengths.min() < 2:
         raise BadInputError("a prompt has only its BOS token: no real tokens to average")
     lengths = tokens.lengths
-    order = np.argsort(lengths, kind="stable")
     collector = _Collector(len(tokens.ids), reduce)
     wanted = set(hook_names)
     fwd_hooks = [(lambda name: name in wanted, collector.hook)]
     stop = _stop_layer(model, hook_names)
     pad_id = tokens.bos_id if tokens.bos_id is not None else 0
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = length_sorted_batches(lengths, batch_size)
     with torch.inference_mode():
         for rows in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
             toks, mask = _left_pad([tokens.ids[i] for i in rows], pad_id, model.cfg.device)
