@@ -7,6 +7,11 @@ after the last block that any requested hook needs. Hook functions reduce each a
 what is asked (the last real token, the mean over real tokens, or the real positions) before
 the batch's full activation is freed, so memory holds the kept vectors, not a cache.
 
+While it runs, MLPs whose activation is TransformerLens's ``gelu_new`` (GPT-2) compute it with
+torch's fused ``gelu(approximate="tanh")``: the same formula (max difference 2.4e-7 on
+N(0, 1) inputs), one kernel instead of seven elementwise passes over ``[batch, pos, d_mlp]``,
+about 13% of a GPT-2-small forward on this project's 2-core CPU. The model is restored on exit.
+
 With left padding and a mask, TransformerLens shifts absolute and rotary positions, so the last
 real token of every row is ``[:, -1]`` and equals a per-prompt ``run_with_cache`` to float
 tolerance (tested on an LN/absolute and an RMS/rotary/gated/GQA model).
@@ -15,13 +20,16 @@ tolerance (tested on an LN/absolute and an RMS/rotary/gated/GQA model).
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from tqdm.auto import tqdm
+from transformer_lens.utilities.activation_functions import gelu_new
 
 from interp_tl.errors import BadInputError, LayerRangeError
 
@@ -201,6 +209,27 @@ class _Collector:
         self.out[name][self.rows] = values
 
 
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+@contextmanager
+def fused_gelu(model):
+    """Within the block, MLPs using TransformerLens's ``gelu_new`` use torch's fused tanh GELU.
+
+    Same function to float rounding; hooks (``hook_pre``, ``hook_post``) see the same tensors.
+    Every swapped ``act_fn`` is put back on exit, also when the body raises.
+    """
+    swapped = [block.mlp for block in getattr(model, "blocks", []) if getattr(block.mlp, "act_fn", None) is gelu_new]
+    for mlp in swapped:
+        mlp.act_fn = _gelu_tanh
+    try:
+        yield len(swapped)
+    finally:
+        for mlp in swapped:
+            mlp.act_fn = gelu_new
+
+
 def extract(
     model,
     tokens: Tokenized,
@@ -246,7 +275,7 @@ def extract(
     stop = _stop_layer(model, hook_names)
     pad_id = tokens.bos_id if tokens.bos_id is not None else 0
     batches = length_sorted_batches(lengths, batch_size)
-    with torch.inference_mode():
+    with torch.inference_mode(), fused_gelu(model):
         for rows in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
             toks, mask = _left_pad([tokens.ids[i] for i in rows], pad_id, model.cfg.device)
             weights = None

@@ -21,6 +21,7 @@ from interp_tl.activations import (
     check_layers,
     check_lengths,
     extract,
+    fused_gelu,
     layer_hook_names,
     tokenize,
 )
@@ -382,6 +383,48 @@ def test_toy_model_processing(toy_model, processed_toy_models, reduce):
 
 
 # ---------------------------------------------------------------------------------------------
+# The fused GELU swap extract makes while it runs
+
+
+def test_fused_gelu_is_gelu_new():
+    from transformer_lens.utilities.activation_functions import gelu_new
+
+    from interp_tl.activations import _gelu_tanh
+
+    x = torch.linspace(-12, 12, 100_001)
+    np.testing.assert_allclose(_gelu_tanh(x).numpy(), gelu_new(x).numpy(), rtol=0, atol=2e-6)
+
+
+def test_fused_gelu_swaps_only_gelu_new_and_restores(ln_model, rms_model):
+    before = [block.mlp.act_fn for block in ln_model.blocks]
+    with fused_gelu(ln_model) as n_swapped:
+        assert n_swapped == ln_model.cfg.n_layers
+        assert all(block.mlp.act_fn is not old for block, old in zip(ln_model.blocks, before))
+    assert [block.mlp.act_fn for block in ln_model.blocks] == before
+    with fused_gelu(rms_model) as n_swapped:  # silu: left alone
+        assert n_swapped == 0
+
+
+def test_extract_runs_fused_and_restores_when_a_hook_raises(ln_model):
+    from interp_tl.activations import _gelu_tanh
+
+    before = [block.mlp.act_fn for block in ln_model.blocks]
+    seen = []
+
+    def boom(act, hook):
+        seen.append(ln_model.blocks[0].mlp.act_fn)
+        raise RuntimeError("hook failed")
+
+    ln_model.add_hook("blocks.0.hook_mlp_out", boom)
+    try:
+        with pytest.raises(RuntimeError, match="hook failed"):
+            extract(ln_model, tokenize(ln_model, ["abc"]), ["blocks.0.hook_mlp_out"])
+    finally:
+        ln_model.reset_hooks()
+    assert seen == [_gelu_tanh]
+    assert [block.mlp.act_fn for block in ln_model.blocks] == before
+
+
 # Inputs extract refuses
 
 
