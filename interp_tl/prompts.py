@@ -134,6 +134,27 @@ def generate_problems(n: int = 200, seed: int = 42, langs: Sequence[str] | None 
     ]
 
 
+def draw_problem(rng: random.Random, category: str, langs: Sequence[str] | None = None, index: int = 0) -> Problem:
+    """Draw one problem of ``category`` with the seeds' number ranges, rendered in ``langs``.
+
+    For corpora beyond the fixed set (e.g. training data for the embedded model): the same
+    calls to ``rng`` as :func:`generate_problems` makes for one row of that category.
+    """
+    if category not in CATEGORIES:
+        raise BadInputError(f"unknown category {category!r}: choose one of {', '.join(CATEGORIES)}")
+    langs = check_languages(langs if langs is not None else languages())
+    templates = load_templates()
+    key, numbers, answer = _draw(rng, category)
+    return Problem(
+        index=index,
+        category=category,
+        template=key,
+        numbers=MappingProxyType(numbers),
+        answer=answer,
+        prompts=MappingProxyType({lang: templates[lang][key].format(**numbers) for lang in langs}),
+    )
+
+
 def problem_set_id(n: int, seed: int) -> dict[str, object]:
     """Provenance of a problem set: what regenerates it exactly."""
     return {"name": "parallel-math-7", "n": n, "seed": seed, "generator": "random.Random, seeds' order"}

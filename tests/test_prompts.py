@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from interp_tl.errors import BadInputError, UnknownLanguageError
-from interp_tl.prompts import CATEGORIES, generate_problems, is_language_text, languages, load_templates
+from interp_tl.prompts import (
+    CATEGORIES,
+    draw_problem,
+    generate_problems,
+    is_language_text,
+    languages,
+    load_templates,
+)
 
 SHARED_TEMPLATES = Path(__file__).resolve().parents[2] / "shared" / "data" / "problem_templates.json"
 
@@ -119,3 +126,17 @@ def test_bad_input():
         generate_problems(10, langs=("zh", "fr"))
     with pytest.raises(BadInputError, match="repeat"):
         generate_problems(10, langs=("zh", "zh"))
+
+
+def test_draw_problem_makes_the_same_draws_as_the_fixed_set():
+    rng = pyrandom.Random(42)
+    rows = [draw_problem(rng, category) for category in CATEGORIES for _ in range(40)]
+    rng.shuffle(rows)
+    fixed = generate_problems(200, 42)
+    assert [(r.template, dict(r.numbers), r.answer, dict(r.prompts)) for r in rows] == [
+        (p.template, dict(p.numbers), p.answer, dict(p.prompts)) for p in fixed]
+
+
+def test_draw_problem_refuses_unknown_category():
+    with pytest.raises(BadInputError, match="unknown category 'algebra'"):
+        draw_problem(pyrandom.Random(0), "algebra")
