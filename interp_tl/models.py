@@ -6,10 +6,14 @@ One entry point, :func:`load_model`, for every model a study runs on:
   alias) load with ``HookedTransformer.from_pretrained``. Offline, a model whose weights are not
   in the local Hugging Face cache fails at once with :class:`ModelNotAvailableError` (one line
   saying how to get them) instead of TransformerLens' 20 s of retries and a traceback.
-* ``interp-tl/toy-random`` is the offline default: a GPT-2-style model built from a
-  ``HookedTransformerConfig`` with a fixed seed and the byte-level tokenizer shipped in
-  ``interp_tl/data/byte_tokenizer``. It needs no download. Its weights are random, so its
+* ``interp-tl/polyglot-toy`` is the offline default: a small GPT-2-style model trained on the
+  parallel problem set in all seven languages (``experiments/train_polyglot.py``), shipped in
+  ``interp_tl/data/polyglot_toy`` (safetensors, config, BPE tokenizer, training record).
+* ``interp-tl/toy-random`` is built from a ``HookedTransformerConfig`` with a fixed seed and the
+  byte-level tokenizer of ``interp_tl/data/byte_tokenizer``. Its weights are random: its
   numbers test the machinery, not multilingual models.
+
+Neither needs a download, and loading them leaves the global random state untouched.
 
 Weight processing is always explicit (see :data:`PROCESSING`) and recorded by
 :func:`model_provenance`; ``none`` reproduces the raw Hugging Face activations that the
@@ -21,6 +25,8 @@ weights, centred unembed, folded value biases), which turns every residual-strea
 from __future__ import annotations
 
 import hashlib
+import json
+import random
 import socket
 import sys
 import warnings
@@ -34,7 +40,9 @@ import torch
 
 from interp_tl.errors import BadInputError, ModelNotAvailableError
 
-DEFAULT_MODEL = "interp-tl/toy-random"
+TOY_MODEL = "interp-tl/toy-random"
+POLYGLOT_MODEL = "interp-tl/polyglot-toy"
+DEFAULT_MODEL = POLYGLOT_MODEL
 
 #: Weight-processing presets: the flags passed to TransformerLens.
 PROCESSING: dict[str, dict[str, bool]] = {
@@ -79,12 +87,61 @@ def load_byte_tokenizer():
     return AutoTokenizer.from_pretrained(byte_tokenizer_path())
 
 
+def polyglot_path():
+    """Folder of the shipped ``interp-tl/polyglot-toy`` (config, weights, tokenizer, training log)."""
+    return resources.files("interp_tl.data").joinpath("polyglot_toy")
+
+
+@contextmanager
+def keep_global_rng() -> Iterator[None]:
+    """Leave Python's, numpy's and torch's global random state as they were (model construction uses them)."""
+    import numpy as np
+
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
+def build_polyglot_model(processing: str = "none", dtype: str | torch.dtype = "float32", device: str = "cpu"):
+    """Load the shipped ``interp-tl/polyglot-toy``: trained weights (safetensors), config and BPE tokenizer.
+
+    Raises:
+        ModelNotAvailableError: the package was installed without its data files.
+    """
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformers import AutoTokenizer
+
+    flags = _processing_flags(processing)
+    folder = polyglot_path()
+    try:
+        cfg_dict = json.loads(folder.joinpath("config.json").read_text("utf-8"))
+        state = load_file(str(folder.joinpath("model.safetensors")))
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except OSError as exc:
+        raise ModelNotAvailableError(
+            f"{POLYGLOT_MODEL} is missing from the installed package ({exc.__class__.__name__}): reinstall interp_tl"
+        ) from None
+    cfg = HookedTransformerConfig(**cfg_dict, dtype=_dtype(dtype), device=device)
+    with quiet_tl_deprecation(), keep_global_rng():
+        model = HookedTransformer(cfg, tokenizer=tokenizer, default_padding_side="left")
+    if processing == "none":
+        model.load_state_dict(state, strict=True)
+    else:
+        model.load_and_process_state_dict(state, **flags)
+    return model.eval()
+
+
 def toy_config(seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """The ``interp-tl/toy-random`` config: GPT-2 style (LayerNorm, absolute positions, GELU)."""
     from transformer_lens import HookedTransformerConfig
 
     return HookedTransformerConfig(dtype=dtype, device=device,
-        model_name=DEFAULT_MODEL, n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512,
+        model_name=TOY_MODEL, n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512,
         d_vocab=257, n_ctx=512, act_fn="gelu_new", normalization_type="LN",
         positional_embedding_type="standard", default_prepend_bos=True, seed=seed,
     )
@@ -147,8 +204,8 @@ def build_toy_model(processing: str = "none", dtype: str | torch.dtype = "float3
     """Build ``interp-tl/toy-random``: seeded weights, randomized norms/biases, byte tokenizer."""
     from transformer_lens import HookedTransformer
 
-    cfg = toy_config(seed, _dtype(dtype), device)
-    with quiet_tl_deprecation():
+    with quiet_tl_deprecation(), keep_global_rng():  # the config's seed reseeds every global generator
+        cfg = toy_config(seed, _dtype(dtype), device)
         model = HookedTransformer(cfg, tokenizer=load_byte_tokenizer(), default_padding_side="left")
     randomize_norms_and_biases_(model, seed=seed)
     process_weights(model, processing)
@@ -162,7 +219,7 @@ def _official_name(name: str) -> str:
         return loading.get_official_model_name(name)
     except ValueError:
         raise ModelNotAvailableError(
-            f"unknown model {name!r}: use {DEFAULT_MODEL} or a TransformerLens model name such as gpt2, "
+            f"unknown model {name!r}: use {DEFAULT_MODEL}, {TOY_MODEL} or a TransformerLens model name such as gpt2, "
             "Qwen/Qwen2.5-3B, Qwen/Qwen3-4B"
         ) from None
 
@@ -206,7 +263,8 @@ def load_model(
     """Load a model as a ``HookedTransformer`` with explicit weight processing.
 
     Args:
-        name: ``interp-tl/toy-random`` (offline default) or any TransformerLens model name.
+        name: ``interp-tl/polyglot-toy`` (offline default, trained), ``interp-tl/toy-random``
+            (random weights) or any TransformerLens model name.
         processing: ``none`` (raw weights, the seeds' activations), ``fold_ln`` or ``default``
             (TransformerLens' from_pretrained default). See :data:`PROCESSING`.
         dtype: ``float32`` (default), ``float64``, ``float16`` or ``bfloat16``.
@@ -224,8 +282,10 @@ def load_model(
     """
     flags = _processing_flags(processing)
     torch_dtype = _dtype(dtype)
-    if name == DEFAULT_MODEL:
+    if name == TOY_MODEL:
         model = build_toy_model(processing, torch_dtype, device)
+    elif name == POLYGLOT_MODEL:
+        model = build_polyglot_model(processing, torch_dtype, device)
     else:
         model = _load_pretrained(name, flags, torch_dtype, device)
     _LOADED[model] = {"name": name, "processing": processing, **flags}

@@ -50,6 +50,14 @@ def rms_model():
 @pytest.fixture(scope="session")
 def toy_model():
     """``interp-tl/toy-random`` as load_model() returns it (processing none)."""
-    from interp_tl.models import load_model
+    from interp_tl.models import TOY_MODEL, load_model
 
-    return load_model()
+    return load_model(TOY_MODEL)
+
+
+@pytest.fixture(scope="session")
+def polyglot_model():
+    """``interp-tl/polyglot-toy``, the trained offline default, as load_model() returns it."""
+    from interp_tl.models import POLYGLOT_MODEL, load_model
+
+    return load_model(POLYGLOT_MODEL)

@@ -354,23 +354,23 @@ def test_tokenized_select_and_add():
 
 
 # ---------------------------------------------------------------------------------------------
-# 8: weight processing of the toy model, seen through extract
+# 8: weight processing of the embedded models, seen through extract
 
 
-@pytest.fixture(scope="module")
-def processed_toy_models():
-    return load_model(processing="fold_ln"), load_model(processing="default")
+@pytest.fixture(scope="module", params=["interp-tl/toy-random", "interp-tl/polyglot-toy"])
+def embedded_models(request):
+    return tuple(load_model(request.param, processing=p) for p in ("none", "fold_ln", "default"))
 
 
 @pytest.mark.parametrize("reduce", ["last", "mean"])
-def test_toy_model_processing(toy_model, processed_toy_models, reduce):
-    folded, default = processed_toy_models
-    assert toy_model.cfg.normalization_type == "LN"
+def test_embedded_model_processing(embedded_models, reduce):
+    raw, folded, default = embedded_models
+    assert raw.cfg.normalization_type == "LN"
     assert folded.cfg.normalization_type == default.cfg.normalization_type == "LNPre"
     texts = [p.prompts[lang] for p in _PROBLEMS[:4] for lang in ("zh", "en", "ar", "sw")]
-    hooks = layer_hook_names(toy_model, ["hook_resid_post"])
-    tokens = tokenize(toy_model, texts)
-    none = extract(toy_model, tokens, hooks, batch_size=5, reduce=reduce)
+    hooks = layer_hook_names(raw, ["hook_resid_post"])
+    tokens = tokenize(raw, texts)
+    none = extract(raw, tokens, hooks, batch_size=5, reduce=reduce)
     fold = extract(folded, tokens, hooks, batch_size=5, reduce=reduce)
     centred = extract(default, tokens, hooks, batch_size=5, reduce=reduce)
     for name in hooks:

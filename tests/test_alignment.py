@@ -134,7 +134,7 @@ def test_centred_processing_changes_the_numbers(toy_model):
     """TL's default processing centres the residual, so cosines (and z) move: the choice matters."""
     from interp_tl.models import load_model
 
-    centred = load_model(processing="default")
+    centred = load_model("interp-tl/toy-random", processing="default")
     prompts, layers, raw = extract_alignment_activations(toy_model, AlignmentConfig(n_pairs=10, layers=(2,)))
     _, _, cen = extract_alignment_activations(centred, AlignmentConfig(n_pairs=10, layers=(2,)))
     x = raw["zh"]["blocks.2.hook_resid_post"]
@@ -162,8 +162,13 @@ def _golden_check(model, path):
     assert not problems, "\n".join(problems[:10])
 
 
+def test_default_model_goldens(polyglot_model):
+    """Per-layer z of the trained offline default model, interp-tl/polyglot-toy."""
+    _golden_check(polyglot_model, GOLDENS / goldens.file_name("interp-tl/polyglot-toy"))
+
+
 def test_toy_goldens(toy_model):
-    """Per-layer z of the offline default model (random weights: this checks the machinery)."""
+    """Per-layer z of the random-weight toy model (checks the machinery on byte tokens)."""
     _golden_check(toy_model, GOLDENS / goldens.file_name("interp-tl/toy-random"))
 
 

@@ -13,6 +13,7 @@ from interp_tl.errors import BadInputError, ModelNotAvailableError
 from interp_tl.models import (
     DEFAULT_MODEL,
     PROCESSING,
+    TOY_MODEL,
     load_model,
     model_provenance,
     process_weights,
@@ -33,7 +34,7 @@ def test_presets_are_recorded(processing):
 
 
 def test_fingerprint_is_stable_and_sees_weight_changes(toy_model):
-    again = load_model()
+    again = load_model(TOY_MODEL)
     assert weights_fingerprint(again) == weights_fingerprint(toy_model)
     with torch.no_grad():
         again.blocks[2].mlp.W_out[3, 5] += 1e-3

@@ -1,0 +1,140 @@
+"""Greedy answers and answer loss on the parallel problem set: what a model has learned.
+
+The format is the one the embedded model was trained on: ``[BOS] prompt`` then ``" " answer
+[EOS]``, the prompt and the answer tokenized separately (so the prompt's tokens are exactly the
+ones every study reads). Generation is batched and left-padded with an attention mask, as in
+:mod:`interp_tl.activations`, and stops at EOS or after ``max_new_tokens``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+
+from interp_tl.activations import Tokenized, _left_pad, check_lengths, fused_gelu, length_sorted_batches, tokenize
+from interp_tl.errors import BadInputError
+from interp_tl.prompts import CATEGORIES, Problem
+
+
+def answer_text(answer: int) -> str:
+    """The completion a model should produce after a prompt: a space and the decimal answer."""
+    return f" {answer}"
+
+
+def greedy_completions(
+    model, tokens: Tokenized, max_new_tokens: int = 8, batch_size: int = 64
+) -> list[list[int]]:
+    """Greedy continuation of every prompt, cut at the first EOS (which is not included).
+
+    Args:
+        model: a HookedTransformer with a tokenizer that has an EOS token.
+        tokens: prompts from :func:`interp_tl.activations.tokenize`.
+        max_new_tokens: most tokens generated per prompt.
+        batch_size: prompts per forward pass.
+
+    Returns:
+        per prompt, in input order, the generated token ids.
+
+    Pitfall: no KV cache; every step re-runs the whole sequence, fine for answers of a few
+    tokens, slow for long generations.
+    """
+    eos = model.tokenizer.eos_token_id
+    if eos is None:
+        raise BadInputError("the tokenizer has no EOS token: cannot tell where an answer ends")
+    if max_new_tokens < 1:
+        raise BadInputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    longest = int(tokens.lengths.max()) + max_new_tokens
+    if longest > model.cfg.n_ctx:
+        raise BadInputError(
+            f"prompt plus {max_new_tokens} new tokens is {longest} tokens, over the context of {model.cfg.n_ctx}"
+        )
+    check_lengths(model, tokens)
+    pad_id = tokens.bos_id if tokens.bos_id is not None else eos
+    out: list[list[int]] = [[] for _ in tokens.ids]
+    with torch.inference_mode(), fused_gelu(model):
+        for rows in length_sorted_batches(tokens.lengths, batch_size):
+            toks, mask = _left_pad([tokens.ids[i] for i in rows], pad_id, model.cfg.device)
+            new = torch.empty((len(rows), 0), dtype=torch.long, device=toks.device)
+            done = torch.zeros(len(rows), dtype=torch.bool, device=toks.device)
+            for _ in range(max_new_tokens):
+                logits = model(torch.cat([toks, new], 1), attention_mask=torch.cat([mask, torch.ones_like(new)], 1))
+                nxt = logits[:, -1].argmax(-1)
+                new = torch.cat([new, nxt[:, None]], 1)
+                done |= nxt == eos
+                if bool(done.all()):
+                    break
+            for row, ids in zip(rows, new.tolist()):
+                out[row] = ids[: ids.index(eos)] if eos in ids else ids
+    return out
+
+
+@dataclass(frozen=True)
+class AnswerScores:
+    """Greedy exact-match accuracy and teacher-forced answer loss per category and language.
+
+    Attributes:
+        accuracy: ``{lang: {category: fraction correct}}`` plus ``"all"`` per language.
+        answer_loss: ``{lang: mean nats per answer token}`` over the digits and EOS (the space
+            that opens the answer is excluded when the tokenizer makes it a token of its own:
+            it is the same for every problem).
+        completions: ``{lang: [decoded completion, ...]}`` in problem order.
+        n: problems per language.
+    """
+
+    accuracy: Mapping[str, Mapping[str, float]]
+    answer_loss: Mapping[str, float]
+    completions: Mapping[str, list[str]]
+    n: int
+
+
+def answer_token_losses(
+    model, prompts: Tokenized, answers: Sequence[str], batch_size: int = 64
+) -> list[Float[np.ndarray, " answer_tokens"]]:
+    """Teacher-forced next-token loss (nats) of each answer's tokens and EOS after its prompt.
+
+    The first answer token (the separating space) is included; callers drop it if they wish.
+    """
+    tok = model.tokenizer
+    eos = tok.eos_token_id
+    targets = [tok(a, add_special_tokens=False)["input_ids"] + [eos] for a in answers]
+    full = Tokenized([p + t for p, t in zip(prompts.ids, targets)], prompts.prepend_bos, prompts.bos_id, None)
+    check_lengths(model, full)
+    pad_id = prompts.bos_id if prompts.bos_id is not None else eos
+    losses: list[np.ndarray] = [np.empty(0)] * len(answers)
+    with torch.inference_mode(), fused_gelu(model):
+        for rows in length_sorted_batches(full.lengths, batch_size):
+            toks, mask = _left_pad([full.ids[i] for i in rows], pad_id, model.cfg.device)
+            logp = model(toks, attention_mask=mask).log_softmax(-1)
+            for j, row in enumerate(rows):
+                k = len(targets[row])
+                pred = logp[j, -k - 1 : -1]
+                tgt = toks[j, -k:]
+                losses[row] = (-pred.gather(-1, tgt[:, None])[:, 0]).double().cpu().numpy()
+    return losses
+
+
+def score_answers(
+    model, problems: Sequence[Problem], langs: Sequence[str], batch_size: int = 64, prepend_bos: bool | None = None
+) -> AnswerScores:
+    """Greedy exact-match accuracy and answer loss of ``model`` on ``problems`` in each language."""
+    accuracy, loss, completions = {}, {}, {}
+    answers = [answer_text(p.answer) for p in problems]
+    space = model.tokenizer(" ", add_special_tokens=False)["input_ids"]
+    first = model.tokenizer(answers[0], add_special_tokens=False)["input_ids"][:1]
+    skip = int(space == first)  # the opening space as a token of its own never depends on the problem
+    for lang in langs:
+        tokens = tokenize(model, [p.prompts[lang] for p in problems], prepend_bos)
+        ids = greedy_completions(model, tokens, max_new_tokens=len(max(answers, key=len)) + 2, batch_size=batch_size)
+        texts = [model.tokenizer.decode(x) for x in ids]
+        correct = np.array([t.strip() == str(p.answer) for t, p in zip(texts, problems)])
+        cats = np.array([p.category for p in problems])
+        accuracy[lang] = {c: float(correct[cats == c].mean()) for c in CATEGORIES if (cats == c).any()}
+        accuracy[lang]["all"] = float(correct.mean())
+        per_token = answer_token_losses(model, tokens, answers, batch_size)
+        loss[lang] = float(np.mean(np.concatenate([x[skip:] for x in per_token])))
+        completions[lang] = texts
+    return AnswerScores(accuracy, loss, completions, len(problems))
