@@ -8,6 +8,9 @@ random permutations give the scrambled null.
 The Monte Carlo z reproduces the research scripts exactly: every call draws its permutations from
 a fresh ``RandomState(seed)``, so all calls with the same ``n`` use the same permutations. The
 exact null (Hoeffding's combinatorial CLT moments) needs no sampling and is reported beside it.
+
+:func:`language_subspace` is the other multi-language statistic: the directions along which the
+same problem's activation moves when only its language changes (problem-centred SVD).
 """
 
 from __future__ import annotations
@@ -513,3 +516,83 @@ def alignment_summary(
     if n_boot > 0:
         out["ci"] = _bootstrap_from_similarity(S, n_boot, seed=0, level=0.95)
     return out
+
+
+@dataclass(frozen=True)
+class LanguageSubspace:
+    """Directions along which the same problem moves when only its language changes.
+
+    Attributes:
+        axes: ``[d_model, k]`` orthonormal columns, the top-k right singular vectors of the
+            problem-centred activations (sign fixed: the largest-magnitude entry of each is positive).
+        singular_values: every singular value of the centred data, descending (the scree).
+        variance_explained: fraction of the centred data's squared norm on the k axes.
+        scree: each singular value's fraction of the squared norm (sums to 1).
+        rank: numerical rank of the centred data (at most ``n_problems × (n_langs − 1)``).
+    """
+
+    axes: Float[np.ndarray, "d_model k"]
+    singular_values: Float[np.ndarray, " r"]
+    variance_explained: float
+    scree: Float[np.ndarray, " r"]
+    rank: int
+
+    @property
+    def k(self) -> int:
+        """Number of axes kept."""
+        return self.axes.shape[1]
+
+
+def problem_centred(acts: Float[np.ndarray, "n_problems n_langs d"]) -> Float[np.ndarray, "n_deviations d"]:
+    """Each problem's activations minus that problem's mean over languages, stacked ``[n·L, d]``."""
+    acts = np.asarray(acts, dtype=np.float64)
+    if acts.ndim != 3:
+        raise BadInputError(f"expected activations [n_problems, n_langs, d_model], got shape {acts.shape}")
+    if acts.shape[1] < 2:
+        raise BadInputError(f"a language subspace needs at least two languages, got {acts.shape[1]}")
+    if not np.isfinite(acts).all():
+        raise BadInputError("activations contain NaN or infinite values")
+    return (acts - acts.mean(axis=1, keepdims=True)).reshape(-1, acts.shape[-1])
+
+
+def language_subspace(
+    acts: Float[np.ndarray, "n_problems n_langs d"], k: int | None = 10, min_variance: float | None = None
+) -> LanguageSubspace:
+    """Top-k language axes: centre each problem across languages, SVD, keep the leading directions.
+
+    Args:
+        acts: one activation per problem and language (e.g. last-token ``hook_resid_post``).
+        k: axes to keep (default 10, as the research script); ignored when ``min_variance``
+            is given.
+        min_variance: the rule alternative to k: the smallest k whose axes explain at least
+            this fraction of the centred data's squared norm.
+
+    Raises:
+        BadInputError: k < 1, k ≥ d_model, k above the data's rank, min_variance outside (0, 1],
+            fewer than two languages, or non-finite activations.
+
+    Pitfall: the axes live in the residual basis of the activations (raw, or centred for a
+    LayerNorm model with ``center_writing_weights``); see :mod:`interp_tl.surgery`.
+    """
+    dev = problem_centred(acts)
+    d = dev.shape[1]
+    _, s, vt = np.linalg.svd(dev, full_matrices=False)
+    total = float((s**2).sum())
+    if total == 0:
+        raise BadInputError("the activations do not vary across languages: no language subspace")
+    rank = int((s > s[0] * max(dev.shape) * np.finfo(np.float64).eps).sum())
+    scree = s**2 / total
+    if min_variance is not None:
+        if not 0 < min_variance <= 1:
+            raise BadInputError(f"min_variance must be in (0, 1], got {min_variance}")
+        k = int(np.searchsorted(np.cumsum(scree), min_variance - 1e-12) + 1)
+    if k is None or k < 1:
+        raise BadInputError(f"k must be at least 1, got {k}")
+    if k >= d:
+        raise BadInputError(f"k = {k} must be below d_model = {d}")
+    if k > rank:
+        raise BadInputError(f"k = {k} is above the rank {rank} of the problem-centred activations")
+    axes = vt[:k].T.copy()
+    flip = np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(k)])
+    axes *= flip
+    return LanguageSubspace(axes, s, float(scree[:k].sum()), scree, rank)
