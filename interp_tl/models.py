@@ -288,8 +288,13 @@ def load_model(
         model = build_polyglot_model(processing, torch_dtype, device)
     else:
         model = _load_pretrained(name, flags, torch_dtype, device)
-    _LOADED[model] = {"name": name, "processing": processing, **flags}
+    record_loaded(model, name, processing)
     return model
+
+
+def record_loaded(model, name: str, processing: str, **extra: Any) -> None:
+    """Remember how ``model`` was made (name, processing preset and flags, e.g. an edit) for provenance."""
+    _LOADED[model] = {"name": name, "processing": processing, **_processing_flags(processing), **extra}
 
 
 def _load_pretrained(name: str, flags: dict[str, bool], dtype: torch.dtype, device: str):

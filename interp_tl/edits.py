@@ -1,0 +1,202 @@
+"""Weight edits on a HookedTransformer that respect TransformerLens weight processing.
+
+Removing a subspace ``U`` (orthonormal columns ``[d_model, k]``) from what a layer's MLP writes to
+the residual stream is, with TransformerLens' ``x @ W`` convention,
+``W_out <- W_out @ P`` and ``b_out <- b_out @ P`` with ``P = I - alpha U U^T``: the same function
+as applying ``@ P`` to ``blocks.L.hook_mlp_out`` (tested, LN and RMS models, processed or not).
+
+**The basis must live in the edited model's residual basis.** On a LayerNorm model loaded with
+``center_writing_weights`` every residual write is centred (``x - mean(x)``), so
+:class:`Basis` records the basis its axes were fitted in (``raw`` or ``centred``, see
+:func:`residual_basis`) and :func:`basis_for` maps it to the edited model's:
+
+* fitted ``centred`` (orthogonal to the all-ones direction), edited model ``raw``: used as is;
+  the same function as the edit on the centred model (LayerNorm cannot see the all-ones direction).
+* fitted ``raw``, edited model ``centred``: ``U_c = orth((I - 11^T/d) U)``, and the mapping says
+  so. This is the closest edit that can be expressed in the centred basis, **not** the raw
+  edit's function (the raw edit also reads the mean of the MLP output, which the centred model
+  has discarded). For that exact function use :func:`load_edited_model`: edit the unprocessed
+  weights, then process.
+* RMSNorm models are never centred (TransformerLens skips ``center_writing_weights`` for them);
+  a basis is never mapped for them.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Literal, Mapping
+
+import numpy as np
+import torch
+from jaxtyping import Float
+
+from interp_tl.activations import check_layers
+from interp_tl.errors import BadInputError
+
+ResidualBasis = Literal["raw", "centred"]
+_LN = ("LN", "LNPre")
+ORTHONORMAL_TOL = 1e-5
+
+
+@dataclass(frozen=True)
+class Basis:
+    """Orthonormal axes ``[d_model, k]`` and the residual basis they were fitted in."""
+
+    axes: Float[np.ndarray, "d_model k"]
+    residual_basis: ResidualBasis
+
+    def __post_init__(self) -> None:
+        axes = np.asarray(self.axes, dtype=np.float64)
+        if axes.ndim != 2 or axes.shape[1] < 1:
+            raise BadInputError(f"a basis is [d_model, k] with k >= 1, got shape {axes.shape}")
+        if axes.shape[1] >= axes.shape[0]:
+            raise BadInputError(f"k = {axes.shape[1]} must be below d_model = {axes.shape[0]}")
+        if not np.isfinite(axes).all():
+            raise BadInputError("the basis contains NaN or infinite values")
+        error = float(np.abs(axes.T @ axes - np.eye(axes.shape[1])).max())
+        if error > ORTHONORMAL_TOL:
+            raise BadInputError(f"the basis is not orthonormal: max |U^T U - I| = {error:.2e}")
+        if self.residual_basis not in ("raw", "centred"):
+            raise BadInputError(f"residual_basis must be raw or centred, got {self.residual_basis!r}")
+        object.__setattr__(self, "axes", axes)
+
+    @property
+    def k(self) -> int:
+        """Number of axes."""
+        return self.axes.shape[1]
+
+
+def residual_basis(model) -> ResidualBasis:
+    """``centred`` for a LayerNorm model whose writing weights are centred, else ``raw``.
+
+    Read from the weights (every row of every ``W_out`` and of ``W_E`` has mean ~0 after
+    TransformerLens' ``center_writing_weights``), so it also works on models built by the caller.
+    """
+    if model.cfg.normalization_type not in _LN:
+        return "raw"
+    rows = [model.W_E] + [block.mlp.W_out for block in model.blocks]
+    worst = max(float(w.detach().float().mean(-1).abs().max() / (w.detach().float().abs().mean() + 1e-30))
+                for w in rows)
+    return "centred" if worst < 1e-4 else "raw"
+
+
+def basis_for(model, basis: Basis) -> tuple[Float[np.ndarray, "d_model k"], str]:
+    """The axes to use on ``model`` and a one-line statement of the mapping applied (see module doc)."""
+    d = model.cfg.d_model
+    if basis.axes.shape[0] != d:
+        raise BadInputError(f"the basis has d_model {basis.axes.shape[0]}, the model {d}")
+    target = residual_basis(model)
+    if target == basis.residual_basis:
+        return basis.axes, f"fitted in the {target} residual basis of the edited model: used as is"
+    if target == "raw":
+        return basis.axes, "centred basis on a raw model: used as is (same function as on the centred model)"
+    centred = basis.axes - basis.axes.mean(0, keepdims=True)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    keep = s > 1e-8 * max(1.0, s[0])
+    return u[:, keep], (
+        f"raw basis on a model with centred writing weights: mapped to orth((I - 11^T/d) U) "
+        f"({int(keep.sum())} of {basis.k} axes); not the raw edit's function: use load_edited_model for that"
+    )
+
+
+def projector(axes: Float[np.ndarray, "d_model k"], alpha: float) -> Float[np.ndarray, "d_model d_model"]:
+    """``P = I - alpha U U^T`` in float64."""
+    if not 0.0 <= alpha <= 1.0:
+        raise BadInputError(f"alpha must be in [0, 1], got {alpha}")
+    axes = np.asarray(axes, dtype=np.float64)
+    return np.eye(axes.shape[0]) - alpha * axes @ axes.T
+
+
+def _per_layer(model, layers, bases: Basis | Mapping[int, Basis]) -> dict[int, Basis]:
+    layers = check_layers(model, layers)
+    if isinstance(bases, Basis):
+        return {layer: bases for layer in layers}
+    missing = [layer for layer in layers if layer not in bases]
+    if missing:
+        raise BadInputError(f"no basis for layer {missing[0]}")
+    return {layer: bases[layer] for layer in layers}
+
+
+def project_mlp_writes_(
+    model, layers, bases: Basis | Mapping[int, Basis], alpha: float = 1.0
+) -> dict[int, str]:
+    """Remove each layer's subspace from what its MLP writes, in place (``W_out``, ``b_out`` times P).
+
+    Args:
+        model: a HookedTransformer (any weight processing; see :func:`basis_for`).
+        layers: the layers whose MLP is edited.
+        bases: one :class:`Basis` for every layer, or ``{layer: Basis}``.
+        alpha: strength in [0, 1] (1 removes the subspace entirely).
+
+    Returns:
+        ``{layer: how the basis was mapped}``.
+    """
+    plan = {}
+    for layer, basis in _per_layer(model, layers, bases).items():
+        axes, note = basis_for(model, basis)
+        plan[layer] = (projector(axes, alpha), note)
+    with torch.no_grad():
+        for layer, (p, _) in plan.items():
+            mlp = model.blocks[layer].mlp
+            p_t = torch.as_tensor(p, dtype=mlp.W_out.dtype, device=mlp.W_out.device)
+            mlp.W_out.copy_(mlp.W_out @ p_t)
+            mlp.b_out.copy_(mlp.b_out @ p_t)
+    return {layer: note for layer, (_, note) in plan.items()}
+
+
+@contextmanager
+def projected_mlp_writes(
+    model, layers, bases: Basis | Mapping[int, Basis], alpha: float = 1.0
+) -> Iterator[dict[int, str]]:
+    """:func:`project_mlp_writes_` for the duration of a ``with`` block; weights restored bit-exactly after.
+
+    The original ``W_out`` / ``b_out`` of the edited layers are copied before the edit and copied
+    back on exit, also when the block raises.
+    """
+    layers = check_layers(model, layers)
+    saved = {layer: (model.blocks[layer].mlp.W_out.detach().clone(), model.blocks[layer].mlp.b_out.detach().clone())
+             for layer in layers}
+    try:
+        yield project_mlp_writes_(model, layers, bases, alpha)
+    finally:
+        with torch.no_grad():
+            for layer, (w, b) in saved.items():
+                model.blocks[layer].mlp.W_out.copy_(w)
+                model.blocks[layer].mlp.b_out.copy_(b)
+
+
+def projection_hooks(model, layers, bases: Basis | Mapping[int, Basis], alpha: float = 1.0) -> list:
+    """The same edit as forward hooks on ``blocks.L.hook_mlp_out`` (``act @ P``): for ``model.hooks``."""
+    hooks = []
+    for layer, basis in _per_layer(model, layers, bases).items():
+        axes, _ = basis_for(model, basis)
+        p_t = torch.as_tensor(projector(axes, alpha), dtype=model.cfg.dtype, device=model.cfg.device)
+
+        def hook(act, hook, p_t=p_t):
+            return act @ p_t
+
+        hooks.append((f"blocks.{layer}.hook_mlp_out", hook))
+    return hooks
+
+
+def load_edited_model(
+    name: str, processing: str, layers, bases: Basis | Mapping[int, Basis], alpha: float = 1.0,
+    dtype: str | torch.dtype = "float32", device: str = "cpu",
+):
+    """The exact route: load ``name`` unprocessed, edit its MLP writes, then apply ``processing``.
+
+    The bases must be ``raw`` (fitted on an unprocessed model) or ``centred``; either is used as
+    is on the unprocessed weights, and TransformerLens' processing afterwards keeps the function.
+    Provenance records the edit.
+    """
+    from interp_tl import models
+
+    model = models.load_model(name, processing="none", dtype=dtype, device=device)
+    notes = project_mlp_writes_(model, layers, bases, alpha)
+    models.process_weights(model, processing)
+    models.record_loaded(model, name, processing, edit={
+        "kind": "mlp_write_projection", "layers": sorted(notes), "alpha": alpha,
+        "route": "edit unprocessed, then process",
+    })
+    return model
