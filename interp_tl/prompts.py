@@ -134,6 +134,42 @@ def generate_problems(n: int = 200, seed: int = 42, langs: Sequence[str] | None 
     ]
 
 
+def seed_test_problems(per_category: int = 4, seed: int = 42, langs: Sequence[str] | None = None) -> list[Problem]:
+    """The research scripts' generation test set: the first ``per_category`` problems of each category.
+
+    ``expAG_kernel_surgery.py`` draws the same 200 problems as :func:`generate_problems` (category
+    blocks from ``random.Random(seed)``), shuffles their *indices* with a fresh
+    ``random.Random(seed)`` (not the drawing generator), keeps the first ``per_category`` of each
+    category in that order and lists them category by category, in order of first appearance.
+    Rendered with the packaged templates (the seed's English sequences prompt was ad hoc).
+    """
+    if not 1 <= per_category <= 40:
+        raise BadInputError(f"per_category must be between 1 and 40 (the set has 40 per category), got {per_category}")
+    langs = check_languages(langs if langs is not None else languages())
+    templates = load_templates()
+    rng = random.Random(seed)
+    rows = [_draw(rng, category) for category in CATEGORIES for _ in range(40)]
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    by_category: dict[str, list[int]] = {}
+    for i in order:
+        chosen = by_category.setdefault(rows[i][0].split("_")[0], [])
+        if len(chosen) < per_category:
+            chosen.append(i)
+    return [
+        Problem(
+            index=i,
+            category=rows[i][0].split("_")[0],
+            template=rows[i][0],
+            numbers=MappingProxyType(rows[i][1]),
+            answer=rows[i][2],
+            prompts=MappingProxyType({lang: templates[lang][rows[i][0]].format(**rows[i][1]) for lang in langs}),
+        )
+        for chosen in by_category.values()
+        for i in chosen
+    ]
+
+
 def draw_problem(rng: random.Random, category: str, langs: Sequence[str] | None = None, index: int = 0) -> Problem:
     """Draw one problem of ``category`` with the seeds' number ranges, rendered in ``langs``.
 

@@ -140,3 +140,51 @@ def test_draw_problem_makes_the_same_draws_as_the_fixed_set():
 def test_draw_problem_refuses_unknown_category():
     with pytest.raises(BadInputError, match="unknown category 'algebra'"):
         draw_problem(pyrandom.Random(0), "algebra")
+
+
+def _seed_test_selection(n_test=4):
+    """The selection loop of shared/seeds/expAG_kernel_surgery.py (generate_test_problems), numbers only."""
+    rng = pyrandom.Random(42)
+    cats = []
+    for _ in range(40):
+        a, b = rng.randint(10, 999), rng.randint(10, 999)
+        op = rng.choice(["plus", "times"])
+        cats.append(("arithmetic", a + b if op == "plus" else a * b))
+    for _ in range(40):
+        n_val = rng.randint(5, 20)
+        k_val = rng.randint(1, min(n_val - 1, 8))
+        cats.append(("combinatorics", math.comb(n_val, k_val)))
+    for _ in range(40):
+        a = rng.randint(50, 9999)
+        b = rng.randint(3, 37)
+        cats.append(("modular", a % b))
+    for _ in range(40):
+        w = rng.randint(2, 50)
+        h = rng.randint(2, 50)
+        cats.append(("geometry", w * h))
+    for _ in range(40):
+        a1 = rng.randint(1, 20)
+        d = rng.randint(1, 10)
+        n_terms = rng.randint(5, 30)
+        cats.append(("sequences", n_terms * (2 * a1 + (n_terms - 1) * d) // 2))
+    rng2 = pyrandom.Random(42)
+    indices = list(range(len(cats)))
+    rng2.shuffle(indices)
+    cats = [cats[i] for i in indices]
+    by_cat = {}
+    for cat, ans in cats:
+        by_cat.setdefault(cat, [])
+        if len(by_cat[cat]) < n_test:
+            by_cat[cat].append(ans)
+    return [(cat, ans) for cat in by_cat for ans in by_cat[cat]]
+
+
+@pytest.mark.parametrize("per_category", [4, 11])
+def test_seed_test_problems_are_the_seeds_selection(per_category):
+    from interp_tl.prompts import seed_test_problems
+
+    got = seed_test_problems(per_category)
+    assert [(p.category, p.answer) for p in got] == _seed_test_selection(per_category)
+    assert len(got) == 5 * per_category and len({p.index for p in got}) == len(got)
+    with pytest.raises(BadInputError, match="between 1 and 40"):
+        seed_test_problems(41)
