@@ -35,7 +35,7 @@ def parse_layers(text: str) -> tuple[int, ...]:
     return tuple(layers)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _model_args(parser: argparse.ArgumentParser) -> None:
     from interp_tl.models import DEFAULT_MODEL, PROCESSING
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL}, offline)")
@@ -44,18 +44,52 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "fold_ln, or default = TransformerLens' from_pretrained default")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=None,
+                        help="put BOS before each prompt (default: the model's default)")
+    parser.add_argument("--out", default="results", help="output folder (default ./results)")
+    parser.add_argument("--save-activations", action="store_true",
+                        help="also write <study>_activations.npz (surgery: the fitted axes)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    _model_args(parser)
     parser.add_argument("--n-pairs", type=int, default=200, help="problems per language (multiple of 5)")
     parser.add_argument("--langs", nargs=2, default=["zh", "en"], metavar=("A", "B"),
                         help="the two languages compared (zh en es ar ja ko sw)")
     parser.add_argument("--seed", type=int, default=42, help="problem-set seed (42: the evaluation set)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=None,
-                        help="put BOS before each prompt (default: the model's default)")
     parser.add_argument("--n-perms", type=int, default=None, help="permutations of the null (default: the seed's)")
     parser.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for CIs (0: none)")
-    parser.add_argument("--out", default="results", help="output folder (default ./results)")
-    parser.add_argument("--save-activations", action="store_true", help="also write <study>_activations.npz")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _number_list(cast):
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(cast(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
+
+    return parse
+
+
+def _surgery_args(parser: argparse.ArgumentParser) -> None:
+    _model_args(parser)
+    parser.add_argument("--layers", type=parse_layers, default=None,
+                        help="edited layers, e.g. 1-2 (default: the seed's L9-L26 of 36 as a fraction of depth)")
+    parser.add_argument("--k", type=int, default=10, help="language axes removed per layer (default 10)")
+    parser.add_argument("--alpha", type=float, default=1.0, help="projection strength in [0, 1] (default 1)")
+    parser.add_argument("--fit-hook", default="hook_resid_post", help="hook whose last token defines the subspace")
+    parser.add_argument("--fit-n", type=int, default=200, help="problems per language for the fit")
+    parser.add_argument("--fit-seed", type=int, default=42, help="problem-set seed of the fit")
+    parser.add_argument("--fit-langs", nargs="+", default=None, help="fit languages (default all seven)")
+    parser.add_argument("--eval-langs", nargs="+", default=None, help="generation languages (default all seven)")
+    parser.add_argument("--eval-per-category", type=int, default=4, help="test problems per category (seed: 4)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--sweep-k", type=_number_list(int), default=None, help="k values of the sweep, e.g. 1,2,5,10")
+    parser.add_argument("--sweep-alpha", type=_number_list(float), default=None, help="alphas, e.g. 0.25,0.5,1")
+    parser.add_argument("--loss-n", type=int, default=50, help="held-out problems for the loss before/after")
+    parser.add_argument("--control-seed", type=int, default=0, help="seed of the random control subspaces")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     emb = sub.add_parser("embedding", help="alignment in the embeddings vs after layer 0")
     _common(emb)
     emb.add_argument("--n-token-problems", type=int, default=50, help="problems for the per-token diagnostics")
+    surgery = sub.add_parser("surgery", help="language subspace projected out of MLP writes: generation before/after")
+    _surgery_args(surgery)
     every = sub.add_parser("all", help="every study into one folder, with index.md")
     _common(every)
     return parser
@@ -76,15 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(config_cls, args: argparse.Namespace):
     names = {f.name for f in fields(config_cls)}
-    values: dict[str, Any] = {"n_pairs": args.n_pairs, "langs": tuple(args.langs), "seed": args.seed,
-                              "batch_size": args.batch_size, "prepend_bos": args.prepend_bos, "n_boot": args.n_boot}
-    if args.n_perms is not None:
-        values["n_perms"] = args.n_perms
-    for name in ("layers", "n_token_problems"):
-        if getattr(args, name, None) is not None:
-            values[name] = getattr(args, name)
-    if args.n_boot < 0 or (args.n_perms is not None and args.n_perms < 1):
-        raise BadInputError("--n-perms must be at least 1 and --n-boot at least 0")
+    values: dict[str, Any] = {"batch_size": args.batch_size, "prepend_bos": args.prepend_bos}
+    if hasattr(args, "n_pairs"):
+        values.update({"n_pairs": args.n_pairs, "langs": tuple(args.langs), "seed": args.seed, "n_boot": args.n_boot})
+        if args.n_boot < 0 or (args.n_perms is not None and args.n_perms < 1):
+            raise BadInputError("--n-perms must be at least 1 and --n-boot at least 0")
+        if args.n_perms is not None:
+            values["n_perms"] = args.n_perms
+        values.update({"fit_n": args.n_pairs, "fit_seed": args.seed})  # `all`: the surgery fit uses the same set
+    for name in names - set(values):
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = tuple(value) if isinstance(value, list) else value
     return config_cls(**{k: v for k, v in values.items() if k in names})
 
 
@@ -95,7 +134,8 @@ def run(args: argparse.Namespace) -> list[str]:
     from interp_tl.report import headline, prepare_out_dir, write_index, write_result
     from interp_tl.studies import STUDIES
 
-    check_languages(args.langs)
+    for langs in (getattr(args, "langs", None), getattr(args, "fit_langs", None), getattr(args, "eval_langs", None)):
+        check_languages(langs or [])
     out = prepare_out_dir(args.out)
     model = load_model(args.model, args.processing, args.dtype, args.device)
     names = list(STUDIES) if args.study == "all" else [args.study]

@@ -8,8 +8,10 @@ ones every study reads). Generation is batched and left-padded with an attention
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +19,7 @@ from jaxtyping import Float
 
 from interp_tl.activations import Tokenized, _left_pad, check_lengths, fused_gelu, length_sorted_batches, tokenize
 from interp_tl.errors import BadInputError
+from interp_tl.langid import LABELS, identify_language
 from interp_tl.prompts import CATEGORIES, Problem
 
 
@@ -138,3 +141,118 @@ def score_answers(
         loss[lang] = float(np.mean(np.concatenate([x[skip:] for x in per_token])))
         completions[lang] = texts
     return AnswerScores(accuracy, loss, completions, len(problems))
+
+
+_NUMBER = re.compile(r"-?\d+\.?\d*")
+
+
+def numbers_in(text: str) -> list[str]:
+    r"""The numbers in a generated text, as the research script reads them (``-?\d+\.?\d*``)."""
+    return _NUMBER.findall(text)
+
+
+def first_answer_word(text: str, answer: int) -> int:
+    """Index of the first whitespace-separated word holding the answer (the seed's FAT), -1 if none."""
+    target = str(answer)
+    for i, word in enumerate(text.split()):
+        if target in numbers_in(word):
+            return i
+    return -1
+
+
+def first_answer_token(pieces: Sequence[str], answer: int) -> int:
+    """Index of the first generated token after which the decoded text holds the answer, -1 if never."""
+    target, text = str(answer), ""
+    for i, piece in enumerate(pieces):
+        text += piece
+        if target in numbers_in(text):
+            return i
+    return -1
+
+
+def _language_summary(langs_out: list[str], prompt_lang: str) -> dict[str, Any]:
+    counts = Counter(langs_out)
+    with_letters = [x for x in langs_out if x != "none"]
+    preserved = sum(x == prompt_lang for x in with_letters) / len(with_letters) if with_letters else None
+    counts_ordered = {k: counts[k] for k in LABELS if counts[k]}
+    return {"counts": counts_ordered, "preserved": preserved, "with_letters": len(with_letters)}
+
+
+def evaluate_generation(
+    model, problems: Sequence[Problem], langs: Sequence[str], max_new_tokens: int = 128, batch_size: int = 32,
+    prepend_bos: bool | None = None, label: str = "",
+) -> dict[str, dict[str, Any]]:
+    """Greedy generation on ``problems`` in each language, scored as the kernel-surgery script does.
+
+    Per language: ``correct``, ``total``, ``accuracy`` (the answer is among the generated
+    numbers), ``mean_fat`` (mean index of the first whitespace word holding the answer, over
+    answered problems; the seed's FAT), ``mean_fat_tokens`` (the same in generated tokens),
+    ``outputs`` (prompt, answer, correct, fat, gen, language) and ``lang_preservation`` (output
+    languages by :func:`interp_tl.langid.identify_language`; ``preserved`` is the fraction of
+    outputs with letters that are in the prompt's language, None when no output has letters).
+    ``correct_mask`` (per problem, for paired tests) is kept beside them.
+
+    Pitfall: ``max_new_tokens`` is cut to what the context leaves after the longest prompt.
+    """
+    out = {}
+    tok = model.tokenizer
+    for lang in langs:
+        tokens = tokenize(model, [p.prompts[lang] for p in problems], prepend_bos)
+        budget = min(max_new_tokens, model.cfg.n_ctx - int(tokens.lengths.max()))
+        if budget < 1:
+            raise BadInputError(f"the prompts in {lang} leave no room to generate in a context of {model.cfg.n_ctx}")
+        ids = greedy_completions(model, tokens, max_new_tokens=budget, batch_size=batch_size)
+        rows, fats, fat_tokens, langs_out, mask = [], [], [], [], []
+        for problem, gen_ids in zip(problems, ids):
+            gen = tok.decode(gen_ids, skip_special_tokens=True)
+            ok = str(problem.answer) in numbers_in(gen)
+            fat = first_answer_word(gen, problem.answer)
+            pieces = [tok.decode([i], skip_special_tokens=True) for i in gen_ids]
+            fat_tok = first_answer_token(pieces, problem.answer)
+            out_lang = identify_language(gen)
+            mask.append(ok)
+            langs_out.append(out_lang)
+            if ok:
+                fats.append(fat)
+                fat_tokens.append(fat_tok)
+            rows.append({"prompt": problem.prompts[lang][:80], "answer": problem.answer, "category": problem.category,
+                         "correct": ok, "fat": fat, "fat_tokens": fat_tok, "gen": gen[:200], "language": out_lang})
+        valid = [f for f in fats if f >= 0]
+        out[lang] = {
+            "lang": lang, "label": label, "correct": int(sum(mask)), "total": len(problems),
+            "accuracy": sum(mask) / len(problems),
+            "mean_fat": float(np.mean(valid)) if valid else -1.0,
+            "mean_fat_tokens": float(np.mean(fat_tokens)) if fat_tokens else -1.0,
+            "max_new_tokens": budget,
+            "outputs": rows,
+            "lang_preservation": _language_summary(langs_out, lang),
+            "correct_mask": mask,
+        }
+    return out
+
+
+def next_token_loss(
+    model, problems: Sequence[Problem], langs: Sequence[str], batch_size: int = 32, prepend_bos: bool | None = None
+) -> dict[str, dict[str, float]]:
+    """Teacher-forced loss per language on ``prompt + " answer" + EOS``: all next tokens, and the answer's."""
+    out = {}
+    answers = [answer_text(p.answer) for p in problems]
+    for lang in langs:
+        prompts = tokenize(model, [p.prompts[lang] for p in problems], prepend_bos)
+        targets = [model.tokenizer(a, add_special_tokens=False)["input_ids"] + [model.tokenizer.eos_token_id]
+                   for a in answers]
+        full = Tokenized([p + t for p, t in zip(prompts.ids, targets)], prompts.prepend_bos, prompts.bos_id, None)
+        check_lengths(model, full)
+        pad = prompts.bos_id if prompts.bos_id is not None else model.tokenizer.eos_token_id
+        total, count = 0.0, 0
+        with torch.inference_mode(), fused_gelu(model):
+            for rows in length_sorted_batches(full.lengths, batch_size):
+                toks, mask = _left_pad([full.ids[i] for i in rows], pad, model.cfg.device)
+                logp = model(toks, attention_mask=mask).log_softmax(-1)[:, :-1]
+                nll = -logp.gather(-1, toks[:, 1:, None])[..., 0]
+                keep = mask[:, 1:].bool() & mask[:, :-1].bool()
+                total += float(nll[keep].double().sum())
+                count += int(keep.sum())
+        answer = answer_token_losses(model, prompts, answers, batch_size)
+        out[lang] = {"all_tokens": total / count, "answer_tokens": float(np.mean(np.concatenate(answer)))}
+    return out

@@ -164,7 +164,52 @@ def plot_embedding(result: StudyResult) -> bytes:
     return _figure_png(draw, (13, 4))
 
 
-PLOTS: dict[str, Callable[[StudyResult], bytes]] = {"alignment": plot_alignment, "embedding": plot_embedding}
+def plot_surgery(result: StudyResult) -> bytes:
+    """Kernel surgery: accuracy, language preservation and the dose-response sweep.
+
+    Left and middle: per language, baseline / surgery / random control. Right: mean accuracy
+    against k for each alpha, language and random subspaces.
+    """
+    data = result.data
+    conditions = (("baseline", "baseline"), ("surgery", "surgery"), ("random_control", "random control"))
+    langs = [r["lang"] for r in data["baseline"]]
+    x = np.arange(len(langs))
+
+    def draw(fig) -> None:
+        ax_acc, ax_lang, ax_sweep = fig.subplots(1, 3)
+        width = 0.27
+        for i, (key, label) in enumerate(conditions):
+            rows = data[key]
+            ax_acc.bar(x + (i - 1) * width, [r["accuracy"] for r in rows], width, label=label)
+            kept = [r["lang_preservation"]["preserved"] for r in rows]
+            ax_lang.bar(x + (i - 1) * width, [np.nan if v is None else v for v in kept], width, label=label)
+        ax_acc.set_xticks(x, langs)
+        ax_acc.set(ylim=(0, 1.05), ylabel="accuracy (answer among generated numbers)", title="accuracy")
+        ax_acc.legend(fontsize=7)
+        ax_lang.set_xticks(x, langs)
+        ax_lang.set(ylim=(0, 1.05), ylabel="outputs in the prompt's language", title="language preservation")
+        if all(r["lang_preservation"]["preserved"] is None for key, _ in conditions for r in data[key]):
+            ax_lang.text(0.5, 0.5, "no output has letters\n(answers are digits only)", ha="center", va="center",
+                         transform=ax_lang.transAxes, fontsize=8)
+        for kind, style in (("language", "-"), ("random", "--")):
+            for alpha in sorted({s["alpha"] for s in data["sweep"]}):
+                pts = sorted((s["k"], s["mean_accuracy"]) for s in data["sweep"]
+                             if s["subspace"] == kind and s["alpha"] == alpha)
+                if pts:
+                    ax_sweep.plot(*zip(*pts), style, marker="o", ms=3, label=f"{kind} α={alpha:g}")
+        ax_sweep.axhline(data["summary"]["baseline_mean_accuracy"], color="k", lw=0.8, label="baseline")
+        ax_sweep.set(ylim=(0, 1.05), xscale="log", xlabel="k (axes removed per layer)", ylabel="mean accuracy", title="dose-response")
+        ax_sweep.legend(fontsize=6)
+        model = result.provenance["model"]
+        fig.suptitle(f"{model['name']} ({model['processing']}), layers {data['surgery_layers']}, "
+                     f"k={data['n_lang_dims']}, α={data['alpha']:g}, {data['n_test_problems']} problems", fontsize=9)
+
+    return _figure_png(draw, (15, 4))
+
+
+PLOTS: dict[str, Callable[[StudyResult], bytes]] = {
+    "alignment": plot_alignment, "embedding": plot_embedding, "surgery": plot_surgery,
+}
 
 
 def render(result: StudyResult, save_activations: bool = False) -> dict[str, bytes]:
@@ -197,6 +242,11 @@ def headline(result: StudyResult) -> str:
         z = [data["z_raw_embed_last_token"], data["z_l0_output_last_token"]]
         shown = [f"{v:.2f}" if v is not None else "n/a" for v in z]
         return f"z embed (last) {shown[0]}; z layer-0 output (last) {shown[1]}"
+    if result.study == "surgery":
+        s = data["summary"]
+        return (f"mean accuracy baseline {s['baseline_mean_accuracy']:.3f}, surgery {s['surgery_mean_accuracy']:.3f}, "
+                f"random control {s['random_control_mean_accuracy']:.3f} (layers {data['surgery_layers']}, "
+                f"k={data['n_lang_dims']})")
     return ""
 
 

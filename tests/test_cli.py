@@ -32,9 +32,12 @@ def test_alignment_writes_json_png_and_seed_npz(tmp_path, capsys):
 def test_all_writes_every_study_and_an_index(tmp_path):
     assert main(["all", *FAST, "--out", str(tmp_path / "run"), "--langs", "es", "ar"]) == 0
     names = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {"alignment.json", "alignment.png", "embedding.json", "embedding.png", "index.md", "index.json"} == names
+    assert {"alignment.json", "alignment.png", "embedding.json", "embedding.png", "surgery.json", "surgery.png",
+            "index.md", "index.json"} == names
     index = json.loads((tmp_path / "run" / "index.json").read_text("utf-8"))
-    assert [s["study"] for s in index["studies"]] == ["alignment", "embedding"]
+    assert [s["study"] for s in index["studies"]] == ["alignment", "embedding", "surgery"]
+    surgery = json.loads((tmp_path / "run" / "surgery.json").read_text("utf-8"))
+    assert surgery["provenance"]["prompts"]["fit"]["n"] == 10
     assert json.loads((tmp_path / "run" / "embedding.json").read_text("utf-8"))["languages"] == ["es", "ar"]
 
 
@@ -53,10 +56,17 @@ def _exit_code(argv):
     (["alignment", "--processing", "bogus"], "invalid choice"),
     (["alignment", "--layers", "a-b"], "layers must look like"),
     (["alignment", "--langs", "en", "en"], "languages repeat"),
+    (["surgery", "--alpha", "1.5"], "alpha must be in [0, 1]"),
+    (["surgery", "--k", "128"], "must be between 1 and d_model - 1 = 127"),
+    (["surgery", "--fit-n", "10", "--fit-langs", "zh", "en", "--k", "11"], "above the rank 10"),
+    (["surgery", "--layers", "4"], "layer 4 is out of range"),
+    (["surgery", "--eval-langs", "zh", "xx"], "unknown language 'xx'"),
+    (["surgery", "--fit-langs", "zh"], "at least two fit languages"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     out = tmp_path / "out"
-    code = _exit_code([args[0], *FAST, "--out", str(out), *args[1:]])
+    common = ["--quiet"] if args[0] == "surgery" else FAST
+    code = _exit_code([args[0], *common, "--out", str(out), *args[1:]])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("interp-tl: error:")
     assert not out.exists() or not any(out.iterdir())

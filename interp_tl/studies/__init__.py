@@ -10,11 +10,14 @@ from __future__ import annotations
 from interp_tl.studies.alignment import AlignmentConfig, run_alignment
 from interp_tl.studies.common import StudyResult
 from interp_tl.studies.embedding import EmbeddingConfig, run_embedding
+from interp_tl.studies.surgery import SurgeryConfig, run_surgery
 
 #: name -> (config class, run function), in the order ``interp-tl all`` runs them.
 STUDIES = {
     "alignment": (AlignmentConfig, run_alignment),
     "embedding": (EmbeddingConfig, run_embedding),
+    "surgery": (SurgeryConfig, run_surgery),
 }
 
-__all__ = ["STUDIES", "AlignmentConfig", "EmbeddingConfig", "StudyResult", "run_alignment", "run_embedding"]
+__all__ = ["STUDIES", "AlignmentConfig", "EmbeddingConfig", "StudyResult", "SurgeryConfig", "run_alignment",
+           "run_embedding", "run_surgery"]

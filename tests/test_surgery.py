@@ -1,0 +1,169 @@
+"""Kernel-surgery study and generation scoring: identities against hooks, alpha = 0, the seed's scoring."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from interp_tl.edits import Basis, projection_hooks, residual_basis
+from interp_tl.errors import BadInputError, LayerRangeError
+from interp_tl.generation import evaluate_generation, first_answer_token, first_answer_word, numbers_in
+from interp_tl.models import POLYGLOT_MODEL, load_model
+from interp_tl.prompts import seed_test_problems
+from interp_tl.studies.surgery import (
+    SurgeryConfig,
+    default_layers,
+    fit_activations,
+    mcnemar,
+    random_bases,
+    run_surgery,
+)
+
+SMALL = SurgeryConfig(layers=(1, 2), k=3, fit_n=20, eval_langs=("zh", "en", "sw"), eval_per_category=2,
+                      sweep_k=(1, 3), sweep_alpha=(1.0,), loss_n=5)
+SEED_LAYER_KEYS = {"lang", "label", "correct", "total", "accuracy", "mean_fat", "outputs", "lang_preservation"}
+
+
+@pytest.fixture(scope="module")
+def small_run(polyglot_model):
+    before = {k: v.clone() for k, v in polyglot_model.state_dict().items()}
+    result = run_surgery(polyglot_model, SMALL)
+    after = polyglot_model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # the study restores the weights bit-exactly
+    return result
+
+
+def test_seed_fields_and_provenance(small_run):
+    data = small_run.data
+    assert {"experiment", "surgery_layers", "n_lang_dims", "n_test_problems", "max_new_tokens", "baseline",
+            "surgery"} <= set(data)
+    assert data["surgery_layers"] == [1, 2] and data["n_lang_dims"] == 3 and data["n_test_problems"] == 10
+    for key in ("baseline", "surgery", "random_control"):
+        assert [r["lang"] for r in data[key]] == ["zh", "en", "sw"]
+        for row in data[key]:
+            assert SEED_LAYER_KEYS <= set(row) and row["total"] == 10 and len(row["outputs"]) == 10
+            assert row["accuracy"] == pytest.approx(row["correct"] / 10)
+            assert row["correct"] == sum(o["correct"] for o in row["outputs"])
+    assert {(s["k"], s["subspace"]) for s in data["sweep"]} == {(k, s) for k in (1, 3) for s in ("language", "random")}
+    prov = small_run.provenance
+    assert prov["model"]["name"] == POLYGLOT_MODEL and prov["layers"] == [1, 2]
+    assert prov["prompts"]["fit"] == {"name": "parallel-math-7", "n": 20, "seed": 42,
+                                      "languages": ["zh", "en", "es", "ar", "ja", "ko", "sw"],
+                                      "hook": "hook_resid_post"}
+    json.dumps(small_run.to_dict())  # JSON-ready
+
+
+def test_surgery_equals_generation_with_the_projection_hook(polyglot_model, small_run):
+    """The study's weight edit gives the same generations as the unedited model with a hook on hook_mlp_out."""
+    acts = fit_activations(polyglot_model, SMALL, [1, 2])
+    from interp_tl.stats import language_subspace
+
+    kind = residual_basis(polyglot_model)
+    bases = {layer: Basis(language_subspace(a, k=3).axes, kind) for layer, a in acts.items()}
+    problems = seed_test_problems(2)
+    with polyglot_model.hooks(fwd_hooks=projection_hooks(polyglot_model, [1, 2], bases, 1.0)):
+        hooked = evaluate_generation(polyglot_model, problems, ["zh", "en", "sw"])
+    for row in small_run.data["surgery"]:
+        assert [o["gen"] for o in row["outputs"]] == [o["gen"] for o in hooked[row["lang"]]["outputs"]]
+    sweep = {(s["k"], s["subspace"]): s for s in small_run.data["sweep"]}
+    assert sweep[(3, "language")]["accuracy"] == {r["lang"]: r["accuracy"] for r in small_run.data["surgery"]}
+
+
+def test_alpha_zero_is_the_baseline(polyglot_model):
+    config = SurgeryConfig(layers=(1,), k=2, alpha=0.0, fit_n=10, eval_langs=("ja",), eval_per_category=2,
+                           sweep_k=(2,), sweep_alpha=(0.0,), loss_n=5)
+    data = run_surgery(polyglot_model, config).data
+    assert data["surgery"][0]["outputs"] == data["baseline"][0]["outputs"]
+    assert data["loss"]["surgery"] == data["loss"]["baseline"]
+    assert data["paired_tests"]["ja"]["surgery_vs_baseline"] == {"lost": 0, "gained": 0, "p_value": 1.0}
+
+
+def test_same_config_same_numbers(polyglot_model, small_run):
+    again = run_surgery(polyglot_model, SMALL)
+    assert again.to_dict()["sweep"] == small_run.to_dict()["sweep"]
+    assert again.data["loss"] == small_run.data["loss"]
+
+
+def test_removing_language_axes_moves_the_answer_loss(small_run):
+    """Not vacuous: the edit changes what the model predicts."""
+    loss = small_run.data["loss"]
+    assert any(abs(loss["surgery"][lang]["answer_tokens"] - loss["baseline"][lang]["answer_tokens"]) > 1e-3
+               for lang in ("zh", "en", "sw"))
+
+
+def test_default_layers_are_the_seeds_fraction_of_depth():
+    assert default_layers(36) == list(range(9, 27))
+    assert default_layers(12) == list(range(3, 9))
+    assert default_layers(4) == [1, 2]
+    assert default_layers(1) == [0]
+
+
+def test_mcnemar_is_the_exact_binomial():
+    before = [True] * 6 + [False] * 2 + [True] * 3
+    after = [False] * 5 + [True] + [True] * 2 + [True] * 3  # 5 lost, 2 gained
+    res = mcnemar(before, after)
+    p = 2 * sum(math.comb(7, i) for i in range(3)) / 2**7
+    assert res == {"lost": 5, "gained": 2, "p_value": pytest.approx(p)}
+    assert mcnemar([True, False], [True, False])["p_value"] == 1.0
+
+
+def test_random_control_bases_are_orthonormal_in_the_models_basis(polyglot_model):
+    centred = load_model(POLYGLOT_MODEL, processing="default")
+    for model, kind in ((polyglot_model, "raw"), (centred, "centred")):
+        bases = random_bases(model, [0, 3], 5, seed=1)
+        for basis in bases.values():
+            assert basis.residual_basis == kind
+            np.testing.assert_allclose(basis.axes.T @ basis.axes, np.eye(5), atol=1e-10)
+        if kind == "centred":
+            assert np.abs(bases[0].axes.sum(0)).max() < 1e-10
+        assert not np.allclose(bases[0].axes, bases[3].axes)
+
+
+@pytest.mark.parametrize(("changes", "error", "message"), [
+    ({"alpha": -0.1}, BadInputError, r"alpha must be in \[0, 1\]"),
+    ({"sweep_alpha": (2.0,)}, BadInputError, r"alpha must be in \[0, 1\]"),
+    ({"k": 128}, BadInputError, "d_model - 1 = 127"),
+    ({"layers": (4,)}, LayerRangeError, "out of range"),
+    ({"fit_langs": ("zh",)}, BadInputError, "at least two fit languages"),
+    ({"fit_langs": ("zh", "fr")}, Exception, "unknown language 'fr'"),
+    ({"fit_n": 5, "fit_langs": ("zh", "en"), "k": 6}, BadInputError, "above the rank 5"),
+])
+def test_bad_config(polyglot_model, changes, error, message):
+    from dataclasses import replace
+
+    with pytest.raises(error, match=message):
+        run_surgery(polyglot_model, replace(SMALL, **changes))
+
+
+# The seed's scoring of generated text
+
+
+def test_numbers_and_first_answer_positions_follow_the_seed():
+    assert numbers_in("C(10, 3) = 120. So 120.5 or -3") == ["10", "3", "120.", "120.5", "-3"]
+    assert first_answer_word("The answer is 120 apples", 120) == 3
+    assert first_answer_word("答案是120", 120) == 0
+    assert first_answer_word("no number", 120) == -1
+    assert first_answer_token([" 1", "2", "0", " apples"], 120) == 2
+    assert first_answer_token([" 12"], 120) == -1
+
+
+def test_batched_evaluation_equals_one_prompt_at_a_time(polyglot_model):
+    problems = seed_test_problems(3)
+    batched = evaluate_generation(polyglot_model, problems, ["ko", "ar"], batch_size=15)
+    alone = evaluate_generation(polyglot_model, problems, ["ko", "ar"], batch_size=1)
+    for lang in ("ko", "ar"):
+        assert batched[lang]["outputs"] == alone[lang]["outputs"]
+        assert batched[lang]["correct_mask"] == [o["correct"] for o in batched[lang]["outputs"]]
+        # digits-only answers have no letters: no language to preserve
+        assert batched[lang]["lang_preservation"] == {"counts": {"none": 15}, "preserved": None, "with_letters": 0}
+
+
+def test_language_preservation_counts_outputs_with_letters():
+    from interp_tl.generation import _language_summary
+
+    summary = _language_summary(["en", "en", "es", "none", "latin"], "en")
+    assert summary == {"counts": {"en": 2, "es": 1, "none": 1, "latin": 1}, "preserved": 0.5, "with_letters": 4}
