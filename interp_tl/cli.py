@@ -78,6 +78,8 @@ def _surgery_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=parse_layers, default=None,
                         help="edited layers, e.g. 1-2 (default: the seed's L9-L26 of 36 as a fraction of depth)")
     parser.add_argument("--k", type=int, default=10, help="language axes removed per layer (default 10)")
+    parser.add_argument("--min-variance", type=float, default=None,
+                        help="choose k by rule: smallest k explaining this fraction at every edited layer")
     parser.add_argument("--alpha", type=float, default=1.0, help="projection strength in [0, 1] (default 1)")
     parser.add_argument("--fit-hook", default="hook_resid_post", help="hook whose last token defines the subspace")
     parser.add_argument("--fit-n", type=int, default=200, help="problems per language for the fit")

@@ -198,7 +198,8 @@ def plot_surgery(result: StudyResult) -> bytes:
                 if pts:
                     ax_sweep.plot(*zip(*pts), style, marker="o", ms=3, label=f"{kind} α={alpha:g}")
         ax_sweep.axhline(data["summary"]["baseline_mean_accuracy"], color="k", lw=0.8, label="baseline")
-        ax_sweep.set(ylim=(0, 1.05), xscale="log", xlabel="k (axes removed per layer)", ylabel="mean accuracy", title="dose-response")
+        ax_sweep.set(ylim=(0, 1.05), xscale="log", xlabel="k (axes removed per layer)", ylabel="mean accuracy",
+                     title="dose-response")
         ax_sweep.legend(fontsize=6)
         model = result.provenance["model"]
         fig.suptitle(f"{model['name']} ({model['processing']}), layers {data['surgery_layers']}, "

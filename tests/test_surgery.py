@@ -167,3 +167,17 @@ def test_language_preservation_counts_outputs_with_letters():
 
     summary = _language_summary(["en", "en", "es", "none", "latin"], "en")
     assert summary == {"counts": {"en": 2, "es": 1, "none": 1, "latin": 1}, "preserved": 0.5, "with_letters": 4}
+
+
+def test_k_by_the_variance_rule(polyglot_model):
+    from dataclasses import replace
+
+    from interp_tl.stats import language_subspace
+
+    config = replace(SMALL, min_variance=0.3, sweep_k=(1,), eval_langs=("en",), eval_per_category=1)
+    data = run_surgery(polyglot_model, config).data
+    acts = fit_activations(polyglot_model, config, [1, 2])
+    expected = {str(layer): language_subspace(a, min_variance=0.3).k for layer, a in acts.items()}
+    assert data["k_rule"] == {"min_variance": 0.3, "k_per_layer": expected}
+    assert data["n_lang_dims"] == max(expected.values())
+    assert all(v["variance_explained"] >= 0.3 for v in data["subspace"].values())

@@ -24,7 +24,7 @@ fraction of depth, ``round(9/36 n)`` to ``round(27/36 n) - 1``.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -48,7 +48,10 @@ class SurgeryConfig:
 
     Attributes:
         layers: edited layers (None: the seed's fraction of depth, see :func:`default_layers`).
-        k: axes of the language subspace per layer (10 as the seed).
+        k: axes of the language subspace per layer (10 as the seed); ignored with ``min_variance``.
+        min_variance: the stated-rule alternative to k: per layer the smallest k whose axes
+            explain this fraction of the problem-centred variance; the study uses the largest
+            of those over the edited layers (recorded as ``n_lang_dims`` and ``k_rule``).
         alpha: strength of the projection in [0, 1] (1 as the seed).
         fit_hook: hook whose last-token activations define the subspace at each edited layer.
         fit_n: problems per language for the fit.
@@ -68,6 +71,7 @@ class SurgeryConfig:
 
     layers: tuple[int, ...] | None = None
     k: int = 10
+    min_variance: float | None = None
     alpha: float = 1.0
     fit_hook: str = "hook_resid_post"
     fit_n: int = 200
@@ -96,6 +100,8 @@ def _check(model, config: SurgeryConfig) -> list[int]:
     layers = check_layers(model, config.layers) if config.layers is not None else default_layers(model.cfg.n_layers)
     if not 0.0 <= config.alpha <= 1.0 or any(not 0.0 <= a <= 1.0 for a in config.sweep_alpha):
         raise BadInputError(f"alpha must be in [0, 1], got {config.alpha} (sweep {list(config.sweep_alpha)})")
+    if config.min_variance is not None and not 0 < config.min_variance <= 1:
+        raise BadInputError(f"min_variance must be in (0, 1], got {config.min_variance}")
     if not 1 <= config.k < model.cfg.d_model:
         raise BadInputError(f"k = {config.k} must be between 1 and d_model - 1 = {model.cfg.d_model - 1}")
     check_languages(config.fit_langs)
@@ -147,6 +153,12 @@ def _mean_accuracy(results: Mapping[str, dict]) -> float:
 
 def _subspaces(model, config: SurgeryConfig, layers: list[int], progress: bool):
     acts = fit_activations(model, config, layers, progress)
+    rule = None
+    if config.min_variance is not None:
+        per_layer = {layer: stats.language_subspace(a, min_variance=config.min_variance).k
+                     for layer, a in acts.items()}
+        rule = {"min_variance": config.min_variance, "k_per_layer": {str(k): v for k, v in per_layer.items()}}
+        config = replace(config, k=max(per_layer.values()))
     subspaces = {layer: stats.language_subspace(a, k=config.k) for layer, a in acts.items()}  # k > rank: error
     rank = min(s.rank for s in subspaces.values())
     sweep_k = sorted(set(config.sweep_k) | {config.k})
@@ -154,7 +166,7 @@ def _subspaces(model, config: SurgeryConfig, layers: list[int], progress: bool):
     sweep_k = [k for k in sweep_k if k not in dropped]
     if max(sweep_k) > config.k:
         subspaces = {layer: stats.language_subspace(a, k=max(sweep_k)) for layer, a in acts.items()}
-    return subspaces, sweep_k, dropped
+    return subspaces, sweep_k, dropped, config, rule
 
 
 def run_surgery(model, config: SurgeryConfig = SurgeryConfig(), progress: bool = False,
@@ -174,7 +186,7 @@ def run_surgery(model, config: SurgeryConfig = SurgeryConfig(), progress: bool =
             languages. LayerRangeError: a layer out of range.
     """
     layers = _check(model, config)
-    subspaces, sweep_k, dropped = _subspaces(model, config, layers, progress)
+    subspaces, sweep_k, dropped, config, rule = _subspaces(model, config, layers, progress)
     kind = residual_basis(model)
 
     def bases(k: int) -> dict[int, Basis]:
@@ -210,6 +222,7 @@ def run_surgery(model, config: SurgeryConfig = SurgeryConfig(), progress: bool =
         "experiment": "kernel_surgery",
         "surgery_layers": layers,
         "n_lang_dims": config.k,
+        "k_rule": rule,
         "alpha": config.alpha,
         "n_test_problems": len(problems),
         "max_new_tokens": config.max_new_tokens,
