@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("--n-token-problems", type=int, default=50, help="problems for the per-token diagnostics")
     surgery = sub.add_parser("surgery", help="language subspace projected out of MLP writes: generation before/after")
     _surgery_args(surgery)
+    layers = sub.add_parser("layers", help="gauge-aligned weight distances between consecutive layers")
+    _model_args(layers)
+    layers.add_argument("--layers", type=parse_layers, default=None,
+                        help="the block, e.g. 1-3 (default: the seed's 10..25 of 36 as a fraction of depth)")
+    layers.add_argument("--null-random-seed", type=int, default=0, help="seed of the random same-spectrum null")
+    layers.add_argument("--no-invariants", dest="invariants", action="store_false",
+                        help="skip the per-head W_QK / W_OV comparison")
     every = sub.add_parser("all", help="every study into one folder, with index.md")
     _common(every)
     return parser

@@ -208,8 +208,45 @@ def plot_surgery(result: StudyResult) -> bytes:
     return _figure_png(draw, (15, 4))
 
 
+def plot_layers(result: StudyResult) -> bytes:
+    """Layer variation: distances per layer pair and family, and the nulls.
+
+    Left: heatmap of distance per consecutive layer pair x family/alignment. Right: per family,
+    the mean adjacent distance against the two nulls.
+    """
+    data = result.data
+    columns = list(data["family_stats"])
+    from interp_tl.studies.layers import _flat
+
+    grid = np.array([[_flat(e)[c] for c in columns] for e in data["pairs"]])
+    labels = [f"{a}-{b}" for a, b in (e["pair"] for e in data["pairs"])]
+    true = data["ranking"]
+
+    def draw(fig) -> None:
+        left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+        image = left.imshow(grid, aspect="auto", cmap="viridis")
+        left.set_xticks(range(len(columns)), columns, rotation=90, fontsize=6)
+        left.set_yticks(range(len(labels)), labels, fontsize=7)
+        left.set(ylabel="layer pair", title="||unit(X_a) R - unit(X_b)||_F")
+        fig.colorbar(image, ax=left, fraction=0.03)
+        y = np.arange(len(true))
+        right.barh(y, [data["family_stats"][c]["mean"] for c in true], height=0.35, label="adjacent pairs")
+        far = data["nulls"]["non_adjacent"]["family_stats"]
+        if far:
+            right.plot([far[c]["mean"] for c in true], y, "k|", ms=10, label="non-adjacent pairs")
+        rnd = data["nulls"]["random_same_spectrum"]["family_stats"]
+        right.plot([rnd[c]["mean"] for c in true], y, "rx", label="random, same spectrum")
+        right.set_yticks(y, true, fontsize=7)
+        right.set(xlabel="mean distance", title="under the true symmetries, with nulls")
+        right.legend(fontsize=7)
+        model = result.provenance["model"]
+        fig.suptitle(f"{model['name']} ({model['processing']}), block {data['block']}", fontsize=9)
+
+    return _figure_png(draw, (14, 5))
+
+
 PLOTS: dict[str, Callable[[StudyResult], bytes]] = {
-    "alignment": plot_alignment, "embedding": plot_embedding, "surgery": plot_surgery,
+    "alignment": plot_alignment, "embedding": plot_embedding, "surgery": plot_surgery, "layers": plot_layers,
 }
 
 
@@ -243,6 +280,11 @@ def headline(result: StudyResult) -> str:
         z = [data["z_raw_embed_last_token"], data["z_l0_output_last_token"]]
         shown = [f"{v:.2f}" if v is not None else "n/a" for v in z]
         return f"z embed (last) {shown[0]}; z layer-0 output (last) {shown[1]}"
+    if result.study == "layers":
+        stats = data["family_stats"]
+        low, high = data["ranking"][0], data["ranking"][-1]
+        return (f"block {data['block']}: closest {low} {stats[low]['mean']:.3f}, "
+                f"farthest {high} {stats[high]['mean']:.3f}")
     if result.study == "surgery":
         s = data["summary"]
         return (f"mean accuracy baseline {s['baseline_mean_accuracy']:.3f}, surgery {s['surgery_mean_accuracy']:.3f}, "

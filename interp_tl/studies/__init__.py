@@ -10,6 +10,7 @@ from __future__ import annotations
 from interp_tl.studies.alignment import AlignmentConfig, run_alignment
 from interp_tl.studies.common import StudyResult
 from interp_tl.studies.embedding import EmbeddingConfig, run_embedding
+from interp_tl.studies.layers import LayersConfig, run_layers
 from interp_tl.studies.surgery import SurgeryConfig, run_surgery
 
 #: name -> (config class, run function), in the order ``interp-tl all`` runs them.
@@ -17,7 +18,8 @@ STUDIES = {
     "alignment": (AlignmentConfig, run_alignment),
     "embedding": (EmbeddingConfig, run_embedding),
     "surgery": (SurgeryConfig, run_surgery),
+    "layers": (LayersConfig, run_layers),
 }
 
-__all__ = ["STUDIES", "AlignmentConfig", "EmbeddingConfig", "StudyResult", "SurgeryConfig", "run_alignment",
-           "run_embedding", "run_surgery"]
+__all__ = ["STUDIES", "AlignmentConfig", "EmbeddingConfig", "LayersConfig", "StudyResult", "SurgeryConfig",
+           "run_alignment", "run_embedding", "run_layers", "run_surgery"]
