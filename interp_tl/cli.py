@@ -114,6 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--null-random-seed", type=int, default=0, help="seed of the random same-spectrum null")
     layers.add_argument("--no-invariants", dest="invariants", action="store_false",
                         help="skip the per-head W_QK / W_OV comparison")
+    layers.add_argument("--no-rotation-approx", dest="rotation_approx", action="store_false",
+                        help="skip the seed's d_mlp rotation alignment (slow for large d_mlp)")
+    jac = sub.add_parser("jacobian", help="softmax backward per head: diagonal vs lateral vs straight-through")
+    _model_args(jac)
+    jac.add_argument("--text", dest="text_file", default=None,
+                     help="a UTF-8 file; each non-empty line is a sequence (default: the parallel problem set)")
+    jac.add_argument("--n-problems", type=int, default=20, help="problems of the parallel set (each in every language)")
+    jac.add_argument("--seed", type=int, default=42, help="problem-set seed")
+    jac.add_argument("--langs", dest="jacobian_langs", nargs="+", default=None, help="languages (default all seven)")
+    jac.add_argument("--no-weight-gradients", dest="weight_gradients", action="store_false",
+                     help="skip the W_Q/W_K gradient comparison under the surrogates")
     every = sub.add_parser("all", help="every study into one folder, with index.md")
     _common(every)
     return parser
@@ -143,7 +154,8 @@ def run(args: argparse.Namespace) -> list[str]:
     from interp_tl.report import headline, prepare_out_dir, write_index, write_result
     from interp_tl.studies import STUDIES
 
-    for langs in (getattr(args, "langs", None), getattr(args, "fit_langs", None), getattr(args, "eval_langs", None)):
+    for langs in (getattr(args, "langs", None), getattr(args, "fit_langs", None), getattr(args, "eval_langs", None),
+                  getattr(args, "jacobian_langs", None)):
         check_languages(langs or [])
     out = prepare_out_dir(args.out)
     model = load_model(args.model, args.processing, args.dtype, args.device)

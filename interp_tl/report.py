@@ -245,8 +245,35 @@ def plot_layers(result: StudyResult) -> bytes:
     return _figure_png(draw, (14, 5))
 
 
+def plot_jacobian(result: StudyResult) -> bytes:
+    """Attention Jacobian: layer x head heatmaps of cos_diag, cos_ste and r_diag, and W_Q/W_K gradient cosines."""
+    data = result.data
+    tables = data["layers"]
+
+    def draw(fig) -> None:
+        axes = fig.subplots(1, 4)
+        for ax, key, limits in zip(axes[:3], ("cos_diag", "cos_ste", "r_diag"), ((-1, 1), (-1, 1), (0, None))):
+            grid = np.array(tables[key], dtype=float)
+            image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=limits[0], vmax=limits[1])
+            ax.set(xlabel="head", ylabel="layer", title=key)
+            ax.set_xticks(range(grid.shape[1]))
+            ax.set_yticks(range(grid.shape[0]))
+            fig.colorbar(image, ax=ax, fraction=0.05)
+        ax = axes[3]
+        for kind, values in data.get("weight_gradient_cos", {}).items():
+            ax.plot(range(len(values)), [np.nan if v is None else v for v in values], marker="o", label=kind)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set(xlabel="layer", ylabel="cosine to the true gradient", title="W_Q/W_K gradient", ylim=(-1, 1.05))
+        ax.legend(fontsize=7)
+        model = result.provenance["model"]
+        fig.suptitle(f"{model['name']} ({model['processing']}), {data['n_sequences']} sequences", fontsize=9)
+
+    return _figure_png(draw, (16, 4))
+
+
 PLOTS: dict[str, Callable[[StudyResult], bytes]] = {
     "alignment": plot_alignment, "embedding": plot_embedding, "surgery": plot_surgery, "layers": plot_layers,
+    "jacobian": plot_jacobian,
 }
 
 
@@ -280,6 +307,9 @@ def headline(result: StudyResult) -> str:
         z = [data["z_raw_embed_last_token"], data["z_l0_output_last_token"]]
         shown = [f"{v:.2f}" if v is not None else "n/a" for v in z]
         return f"z embed (last) {shown[0]}; z layer-0 output (last) {shown[1]}"
+    if result.study == "jacobian":
+        s = data["summary"]
+        return f"mean over heads: cos_diag {s['cos_diag']:.3f}, cos_ste {s['cos_ste']:.3f}, r_diag {s['r_diag']:.3f}"
     if result.study == "layers":
         stats = data["family_stats"]
         low, high = data["ranking"][0], data["ranking"][-1]

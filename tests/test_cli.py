@@ -33,9 +33,9 @@ def test_all_writes_every_study_and_an_index(tmp_path):
     assert main(["all", *FAST, "--out", str(tmp_path / "run"), "--langs", "es", "ar"]) == 0
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"alignment.json", "alignment.png", "embedding.json", "embedding.png", "surgery.json", "surgery.png",
-            "layers.json", "layers.png", "index.md", "index.json"} == names
+            "layers.json", "layers.png", "jacobian.json", "jacobian.png", "index.md", "index.json"} == names
     index = json.loads((tmp_path / "run" / "index.json").read_text("utf-8"))
-    assert [s["study"] for s in index["studies"]] == ["alignment", "embedding", "surgery", "layers"]
+    assert [s["study"] for s in index["studies"]] == ["alignment", "embedding", "surgery", "layers", "jacobian"]
     surgery = json.loads((tmp_path / "run" / "surgery.json").read_text("utf-8"))
     assert surgery["provenance"]["prompts"]["fit"]["n"] == 10
     assert json.loads((tmp_path / "run" / "embedding.json").read_text("utf-8"))["languages"] == ["es", "ar"]
@@ -64,10 +64,12 @@ def _exit_code(argv):
     (["surgery", "--fit-langs", "zh"], "at least two fit languages"),
     (["layers", "--layers", "3"], "the block needs at least two layers"),
     (["layers", "--layers", "2-4"], "layer 4 is out of range"),
+    (["jacobian", "--text", "/nonexistent/file.txt"], "cannot read text file"),
+    (["jacobian", "--langs", "zh", "qq"], "unknown language 'qq'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     out = tmp_path / "out"
-    common = ["--quiet"] if args[0] in ("surgery", "layers") else FAST
+    common = ["--quiet"] if args[0] in ("surgery", "layers", "jacobian") else FAST
     code = _exit_code([args[0], *common, "--out", str(out), *args[1:]])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("interp-tl: error:")

@@ -1,0 +1,142 @@
+"""Attention Jacobian: the closed form against autograd, the surrogate against autograd, batching
+invariance, and the seed's statistics on one sequence (masked entries excluded)."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import numpy as np
+import pytest
+import torch
+from conftest import _small_model
+
+from interp_tl.errors import BadInputError
+from interp_tl.studies.jacobian import (
+    JacobianConfig,
+    _batch,
+    head_jacobian,
+    pattern_gradients,
+    run_jacobian,
+    softmax_backward,
+    weight_gradients,
+)
+
+LN = dict(seed=41, model_name="jac-ln", act_fn="gelu_new", normalization_type="LN")
+RMS = dict(seed=42, model_name="jac-rms", act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
+           rotary_dim=16, gated_mlp=True, n_key_value_heads=2, default_prepend_bos=False)
+TEXTS = ["Calculate 12 + 30. 42", "计算 12 + 30 的值。 42", "C(7, 6) 의 값을 구하시오. 7", "x"]
+
+
+def _tokens(model, texts=TEXTS):
+    ids = [[256] + model.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    return _batch(ids, 256, "cpu")
+
+
+@pytest.mark.parametrize("kind", [LN, RMS], ids=["ln", "rms-gqa"])
+def test_closed_form_equals_autograd_at_the_scores(kind):
+    model = _small_model(**kind)
+    toks, real = _tokens(model)
+    scores_grad = {}
+
+    def bwd(grad, hook):
+        scores_grad[hook.layer()] = grad.detach()
+
+    names = [f"blocks.{i}.attn.hook_attn_scores" for i in range(model.cfg.n_layers)]
+    with model.hooks(bwd_hooks=[(n, bwd) for n in names]):
+        pairs = pattern_gradients(model, toks, real)
+    for layer, (pattern, grad) in pairs.items():
+        closed = softmax_backward(pattern, grad, "full")
+        finite = torch.isfinite(scores_grad[layer])
+        torch.testing.assert_close(closed[finite], scores_grad[layer][finite], rtol=1e-4, atol=1e-7)
+        assert closed.abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("kind", [LN, RMS], ids=["ln", "rms-gqa"])
+def test_surrogate_with_the_full_backward_is_autograd(kind):
+    model = _small_model(**kind)
+    toks, real = _tokens(model)
+    true = weight_gradients(model, toks, real, "autograd")
+    full = weight_gradients(model, toks, real, "full")
+    diag = weight_gradients(model, toks, real, "diag")
+    for layer in true:
+        torch.testing.assert_close(full[layer], true[layer], rtol=1e-4, atol=1e-7)
+        assert torch.nn.functional.cosine_similarity(diag[layer], true[layer], dim=0) < 0.9999
+
+
+def _seed_stats(pattern, grad):
+    """The research script's per-head numbers for one sequence (its cos_ste keeps masked entries)."""
+    a, g = pattern[0], grad[0]
+    full = a * (g - (a * g).sum(-1, keepdim=True))
+    diag = a * (1 - a) * g
+
+    def cos(x, y):
+        return float(torch.nn.functional.cosine_similarity(x.reshape(len(x), -1), y.reshape(len(y), -1), dim=-1)[0])
+
+    out = []
+    for h in range(a.shape[0]):
+        out.append({"r_diag": float(diag[h].pow(2).sum() / full[h].pow(2).sum()),
+                    "cos_diag": cos(diag[h][None], full[h][None]), "cos_ste": cos(g[h][None], full[h][None]),
+                    "entropy": float(-(a[h] * (a[h] + 1e-10).log()).sum(-1).mean())})
+    return out
+
+
+def test_one_sequence_matches_the_seed_except_the_masked_entries(tmp_path):
+    model = _small_model(**LN)
+    text = tmp_path / "one.txt"
+    text.write_text(TEXTS[0], "utf-8")
+    result = run_jacobian(model, JacobianConfig(text_file=str(text), weight_gradients=False))
+    toks, real = _tokens(model, TEXTS[:1])
+    layer = 1
+    pattern, grad = pattern_gradients(model, toks, real)[layer]
+    seed = _seed_stats(pattern, grad)
+    for h, ref in enumerate(seed):
+        ours = head_jacobian(result, layer, h)
+        assert ours["r_diag"] == pytest.approx(ref["r_diag"], rel=1e-4)
+        assert ours["cos_diag"] == pytest.approx(ref["cos_diag"], abs=1e-5)
+        assert ours["row_entropy"] == pytest.approx(ref["entropy"], abs=1e-4)
+    causal = torch.tril(torch.ones_like(pattern[0, 0])).bool()
+    assert grad[0][:, ~causal].abs().max() > 0  # the pattern gradient is not zero at masked entries
+    masked = grad * causal
+    assert head_jacobian(result, layer, 0)["cos_ste"] == pytest.approx(
+        _seed_stats(pattern, masked)[0]["cos_ste"], abs=1e-5)
+    assert abs(head_jacobian(result, layer, 0)["cos_ste"] - seed[0]["cos_ste"]) > 1e-3
+
+
+def test_numbers_do_not_depend_on_batching(tmp_path):
+    model = _small_model(**RMS)
+    text = tmp_path / "many.txt"
+    text.write_text("\n".join(TEXTS[:3] * 2), "utf-8")
+    one = run_jacobian(model, JacobianConfig(text_file=str(text), batch_size=1)).data
+    many = run_jacobian(model, JacobianConfig(text_file=str(text), batch_size=6)).data
+    for key in one["layers"]:
+        np.testing.assert_allclose(np.array(one["layers"][key], float), np.array(many["layers"][key], float),
+                                   rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(one["weight_gradient_cos"]["ste"], many["weight_gradient_cos"]["ste"], atol=1e-5)
+
+
+def test_strata_cover_every_real_row(polyglot_model):
+    result = run_jacobian(polyglot_model, JacobianConfig(n_problems=5, jacobian_langs=("zh", "en")))
+    data = result.data
+    rows = sum(v["rows"] for v in data["strata"]["entropy"]["0"].values())
+    assert rows == sum(v["rows"] for v in data["strata"]["sink"]["0"].values())
+    assert rows == sum(v["rows"] for v in data["strata"]["position"]["0"].values())
+    assert rows % polyglot_model.cfg.n_heads == 0 and rows > 0
+    assert set(data["weight_gradient_cos"]) == {"diag", "ste"}
+    assert result.provenance["sequences"]["languages"] == ["zh", "en"]
+    json.dumps(result.to_dict())
+
+
+def test_bad_input(tmp_path, ln_model):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", "utf-8")
+    with pytest.raises(BadInputError, match="no non-empty line"):
+        run_jacobian(ln_model, JacobianConfig(text_file=str(empty)))
+    long = tmp_path / "long.txt"
+    long.write_text("a" * 300, "utf-8")
+    with pytest.raises(BadInputError, match="more than the context of 256"):
+        run_jacobian(ln_model, JacobianConfig(text_file=str(long)))
+    with pytest.raises(BadInputError, match="no attn.hook_pattern"):
+        run_jacobian(types.SimpleNamespace(hook_dict={}, cfg=ln_model.cfg), JacobianConfig())
+    with pytest.raises(BadInputError, match="unknown softmax backward"):
+        softmax_backward(torch.ones(1), torch.ones(1), "lateral")
