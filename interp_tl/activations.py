@@ -238,6 +238,7 @@ def extract(
     reduce: Reduce = "last",
     progress: bool = False,
     desc: str = "extract",
+    fwd_hooks: Sequence[tuple] = (),
 ) -> dict[str, Float[np.ndarray, "n_prompts ..."] | list]:
     """Run the model on every prompt in batches and keep one reduced activation per prompt and hook.
 
@@ -252,6 +253,7 @@ def extract(
             ``[len_i, ...]`` arrays over the real positions, BOS included).
         progress: show a tqdm bar over batches.
         desc: label of the progress bar.
+        fwd_hooks: extra ``(name, hook)`` pairs run before the collecting hooks (e.g. an ablation).
 
     Returns:
         ``{hook_name: array}`` in the order of ``tokens.ids``; float16/bfloat16 become float32.
@@ -271,7 +273,8 @@ def extract(
     lengths = tokens.lengths
     collector = _Collector(len(tokens.ids), reduce)
     wanted = set(hook_names)
-    fwd_hooks = [(lambda name: name in wanted, collector.hook)]
+    collect = [(lambda name: name in wanted, collector.hook)]
+    extra = list(fwd_hooks)
     stop = _stop_layer(model, hook_names)
     pad_id = tokens.bos_id if tokens.bos_id is not None else 0
     batches = length_sorted_batches(lengths, batch_size)
@@ -285,7 +288,7 @@ def extract(
                     weights[torch.arange(len(rows)), toks.shape[1] - torch.as_tensor(lengths[rows])] = 0
             collector.start_batch(rows, lengths[rows], weights)
             model.run_with_hooks(
-                toks, attention_mask=mask, return_type=None, stop_at_layer=stop, fwd_hooks=fwd_hooks
+                toks, attention_mask=mask, return_type=None, stop_at_layer=stop, fwd_hooks=extra + collect
             )
     missing = [name for name in hook_names if name not in collector.out]
     if missing:

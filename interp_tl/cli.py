@@ -125,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     jac.add_argument("--langs", dest="jacobian_langs", nargs="+", default=None, help="languages (default all seven)")
     jac.add_argument("--no-weight-gradients", dest="weight_gradients", action="store_false",
                      help="skip the W_Q/W_K gradient comparison under the surrogates")
+    heads = sub.add_parser("heads", help="additive per-head shares of the alignment, with ablations of the top heads")
+    _common(heads)
+    heads.add_argument("--layer", type=int, default=None, help="residual layer whose alignment is split (default last)")
+    heads.add_argument("--top", type=int, default=3, help="heads checked by ablation")
+    heads.add_argument("--ablation", choices=["mean", "zero"], default="mean")
+    head = sub.add_parser("head", help="one head, e.g. `interp-tl head 1.2`: share, ablation, attention, Jacobian")
+    head.add_argument("head", help="the head as L.H")
+    _common(head)
+    head.add_argument("--layer", type=int, default=None, help="residual layer of the share (default last)")
+    head.add_argument("--ablation", choices=["mean", "zero"], default="mean")
     every = sub.add_parser("all", help="every study into one folder, with index.md")
     _common(every)
     return parser
@@ -159,6 +169,8 @@ def run(args: argparse.Namespace) -> list[str]:
         check_languages(langs or [])
     out = prepare_out_dir(args.out)
     model = load_model(args.model, args.processing, args.dtype, args.device)
+    if args.study == "head":
+        return _run_head(args, model, out)
     names = list(STUDIES) if args.study == "all" else [args.study]
     results, files, lines = [], {}, []
     for name in names:
@@ -172,6 +184,39 @@ def run(args: argparse.Namespace) -> list[str]:
     if args.study == "all":
         write_index(out, results, files)
         lines.append(f"  wrote {out / 'index.md'}")
+    return lines
+
+
+def _run_head(args: argparse.Namespace, model, out) -> list[str]:
+    import json
+
+    from interp_tl.report import atomic_write
+    from interp_tl.studies.heads import HeadsConfig, head_report
+
+    report = head_report(model, args.head, _config(HeadsConfig, args))
+    name = report["head"]
+    path = out / f"head_{name}.json"
+    atomic_write(path, (json.dumps(report, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    share = report["share"]
+    abl = report["ablation"]
+    lines = [f"head {name}:"]
+    if share:
+        lines.append(f"  share of the alignment gap at layer {share['layer_of_residual']}: {share['share']:.5f} "
+                     f"of {share['total']:.5f} (permutation band {share['band'][0]:.5f}..{share['band'][1]:.5f}, "
+                     f"z {share['z']:.1f})")
+    lines.append(f"  {abl['ablation']} ablation, delta z at layers {abl['layers']}: "
+                 + ", ".join(f"{d:+.2f}" for d in abl["delta_z"]))
+    for lang, att in report["attention"].items():
+        classes = ", ".join(f"{k} {v:.2f}" for k, v in att["mass_by_token_class"].items())
+        lines.append(f"  {lang}: last-token attention entropy {att['entropy']:.2f}, first position "
+                     f"{att['first_position_mass']:.2f}; by token class: {classes}")
+    jac = report["jacobian"]
+    lines.append(f"  Jacobian: cos_diag {jac['cos_diag']:.3f}, cos_ste {jac['cos_ste']:.3f}, "
+                 f"r_diag {jac['r_diag']:.3f}")
+    for other, inv in report["neighbours"].items():
+        lines.append(f"  closest in {other}: W_QK H{inv['W_QK']['closest_head']} ({inv['W_QK']['distance']:.3f}), "
+                     f"W_OV H{inv['W_OV']['closest_head']} ({inv['W_OV']['distance']:.3f})")
+    lines.append(f"  wrote {path}")
     return lines
 
 

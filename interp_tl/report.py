@@ -271,7 +271,38 @@ def plot_jacobian(result: StudyResult) -> bytes:
     return _figure_png(draw, (16, 4))
 
 
+def plot_heads(result: StudyResult) -> bytes:
+    """Per-head shares of the alignment gap: layer x head heatmap (left), all writers with bands (right)."""
+    data = result.data
+    grid = np.array(data["head_shares"], dtype=float)
+    writers = data["writers"]
+
+    def draw(fig) -> None:
+        left, right = fig.subplots(1, 2)
+        bound = np.nanmax(np.abs(grid)) or 1.0
+        image = left.imshow(grid, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound)
+        left.set(xlabel="head", ylabel="layer", title=f"head shares of the gap at layer {data['layer']}")
+        left.set_xticks(range(grid.shape[1]))
+        left.set_yticks(range(grid.shape[0]))
+        fig.colorbar(image, ax=left, fraction=0.05)
+        y = np.arange(len(writers))
+        shares = [w["share"] for w in writers]
+        right.barh(y, shares, color=["tab:red" if s > 0 else "tab:blue" for s in shares])
+        lo = [w["band"][0] for w in writers]
+        hi = [w["band"][1] for w in writers]
+        right.hlines(y, lo, hi, color="k", lw=2, label="permutation band")
+        right.set_yticks(y, [w["name"] for w in writers], fontsize=5)
+        right.invert_yaxis()
+        right.set(xlabel="share of matched − null mean cosine", title=f"all writers (sum {data['total']:.3f})")
+        right.legend(fontsize=7)
+        model = result.provenance["model"]
+        fig.suptitle(f"{model['name']} ({model['processing']}), {'/'.join(data['languages'])}", fontsize=9)
+
+    return _figure_png(draw, (13, max(4, 0.12 * len(writers))))
+
+
 PLOTS: dict[str, Callable[[StudyResult], bytes]] = {
+    "heads": plot_heads,
     "alignment": plot_alignment, "embedding": plot_embedding, "surgery": plot_surgery, "layers": plot_layers,
     "jacobian": plot_jacobian,
 }
@@ -307,6 +338,11 @@ def headline(result: StudyResult) -> str:
         z = [data["z_raw_embed_last_token"], data["z_l0_output_last_token"]]
         shown = [f"{v:.2f}" if v is not None else "n/a" for v in z]
         return f"z embed (last) {shown[0]}; z layer-0 output (last) {shown[1]}"
+    if result.study == "heads":
+        heads = [w for w in data["writers"] if ".H" in w["name"]]
+        best = max(heads, key=lambda w: w["share"])
+        return (f"alignment gap {data['total']:.4f} at layer {data['layer']}; top head {best['name']} "
+                f"share {best['share']:.4f} (z {best['z']:.1f})")
     if result.study == "jacobian":
         s = data["summary"]
         return f"mean over heads: cos_diag {s['cos_diag']:.3f}, cos_ste {s['cos_ste']:.3f}, r_diag {s['r_diag']:.3f}"

@@ -33,9 +33,11 @@ def test_all_writes_every_study_and_an_index(tmp_path):
     assert main(["all", *FAST, "--out", str(tmp_path / "run"), "--langs", "es", "ar"]) == 0
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"alignment.json", "alignment.png", "embedding.json", "embedding.png", "surgery.json", "surgery.png",
-            "layers.json", "layers.png", "jacobian.json", "jacobian.png", "index.md", "index.json"} == names
+            "layers.json", "layers.png", "jacobian.json", "jacobian.png", "heads.json", "heads.png", "index.md",
+            "index.json"} == names
     index = json.loads((tmp_path / "run" / "index.json").read_text("utf-8"))
-    assert [s["study"] for s in index["studies"]] == ["alignment", "embedding", "surgery", "layers", "jacobian"]
+    assert [s["study"] for s in index["studies"]] == ["alignment", "embedding", "surgery", "layers", "jacobian",
+                                                     "heads"]
     surgery = json.loads((tmp_path / "run" / "surgery.json").read_text("utf-8"))
     assert surgery["provenance"]["prompts"]["fit"]["n"] == 10
     assert json.loads((tmp_path / "run" / "embedding.json").read_text("utf-8"))["languages"] == ["es", "ar"]

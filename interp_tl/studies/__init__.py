@@ -10,6 +10,7 @@ from __future__ import annotations
 from interp_tl.studies.alignment import AlignmentConfig, run_alignment
 from interp_tl.studies.common import StudyResult
 from interp_tl.studies.embedding import EmbeddingConfig, run_embedding
+from interp_tl.studies.heads import HeadsConfig, run_heads
 from interp_tl.studies.jacobian import JacobianConfig, run_jacobian
 from interp_tl.studies.layers import LayersConfig, run_layers
 from interp_tl.studies.surgery import SurgeryConfig, run_surgery
@@ -21,7 +22,10 @@ STUDIES = {
     "surgery": (SurgeryConfig, run_surgery),
     "layers": (LayersConfig, run_layers),
     "jacobian": (JacobianConfig, run_jacobian),
+    "heads": (HeadsConfig, run_heads),
 }
 
-__all__ = ["STUDIES", "AlignmentConfig", "EmbeddingConfig", "JacobianConfig", "LayersConfig", "StudyResult",
-           "SurgeryConfig", "run_alignment", "run_embedding", "run_jacobian", "run_layers", "run_surgery"]
+__all__ = [
+    "STUDIES", "AlignmentConfig", "EmbeddingConfig", "HeadsConfig", "JacobianConfig", "LayersConfig", "StudyResult",
+    "SurgeryConfig", "run_alignment", "run_embedding", "run_heads", "run_jacobian", "run_layers", "run_surgery",
+]
