@@ -16,7 +16,7 @@ What runs, one thing at a time, in this order (so nothing torch-heavy ever overl
    extraction, analysis, saving): ``bench/seed_alignment_gpt2.py``, a line-by-line port of
    ``shared/seeds/attn_vs_ffn_alignment.py`` to HF GPT-2 in float32 (one prompt per forward,
    hand-written module hooks, 5 × n_layers calls of the 500-permutation Python loop).
-2. ``interp-tl alignment --model gpt2 --n-pairs N --quiet --no-prepend-bos`` as a child process,
+2. ``interp-tl alignment --model gpt2 --n-pairs N --quiet --no-prepend-bos --no-head-shares`` as a child process,
    timed the same way; its peak RSS comes from ``os.wait4`` (the child's own ``ru_maxrss``).
    Both sides run the same N problems of ``generate_problems(N, 42)`` without BOS; the z-scores
    of the two are compared (max |difference| only) to show they did the same work.
@@ -287,7 +287,7 @@ def run_children(args, tmp: Path, sizes: list[int]) -> dict[str, Any]:
     for i, n in enumerate(sorted(sizes, key=lambda s: s != args.n_pairs)):  # the headline size first
         print(f"[{2 if i == 0 else 3}/3] interp-tl alignment, n={n} ...", flush=True)
         cmd = cli + ["alignment", "--model", "gpt2", "--n-pairs", str(n), "--out", str(tmp / f"cli_{n}"),
-                     "--quiet", "--no-prepend-bos"]
+                     "--quiet", "--no-prepend-bos", "--no-head-shares"]
         out["cli"][n] = run_child(cmd, logs / f"cli_{n}.log")
         print(f"      {out['cli'][n]['wall_s']:.1f} s, peak RSS {out['cli'][n]['peak_rss_mb']:.0f} MB", flush=True)
     out["memory"] = {}

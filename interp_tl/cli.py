@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     align = sub.add_parser("alignment", help="per-layer zh/en alignment z, attention vs MLP")
     _common(align)
     align.add_argument("--layers", type=parse_layers, default=None, help="layers, e.g. 0-3,8 (default all)")
+    align.add_argument("--no-head-shares", dest="head_shares", action="store_false",
+                       help="skip the additive per-head split of the gap at the last layer (and its heatmap)")
     emb = sub.add_parser("embedding", help="alignment in the embeddings vs after layer 0")
     _common(emb)
     emb.add_argument("--n-token-problems", type=int, default=50, help="problems for the per-token diagnostics")

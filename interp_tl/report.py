@@ -114,8 +114,20 @@ def plot_alignment(result: StudyResult) -> bytes:
 
     from matplotlib.ticker import MaxNLocator
 
+    shares = result.data.get("head_shares")
+
     def draw(fig) -> None:
-        left, right = fig.subplots(1, 2)
+        if shares:
+            left, right, heat = fig.subplots(1, 3, gridspec_kw={"width_ratios": [3, 3, 2]})
+            grid = np.array([[np.nan if v is None else v for v in row] for row in shares["heads"]], dtype=float)
+            bound = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
+            image = heat.imshow(grid, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound)
+            heat.set(xlabel="head", ylabel="layer", title=f"head shares of the gap at layer {shares['layer']}")
+            heat.set_xticks(range(grid.shape[1]))
+            heat.set_yticks(range(grid.shape[0]))
+            fig.colorbar(image, ax=heat, fraction=0.05)
+        else:
+            left, right = fig.subplots(1, 2)
         for key, label in (("z_pre", "resid_pre"), ("z_post_attn", "+ attn"), ("z_post_mlp", "+ mlp")):
             left.plot(layers, value(key), marker="o", ms=3, label=label)
         left.axhline(0, color="grey", lw=0.5)
@@ -131,7 +143,7 @@ def plot_alignment(result: StudyResult) -> bytes:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.suptitle(_title(result), fontsize=9)
 
-    return _figure_png(draw, (11, 4))
+    return _figure_png(draw, (15, 4) if shares else (11, 4))
 
 
 def plot_embedding(result: StudyResult) -> bytes:

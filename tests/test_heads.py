@@ -117,3 +117,17 @@ def test_head_report_and_cli(polyglot_model, tmp_path, capsys):
     assert json.loads((tmp_path / "head_L0.H3.json").read_text("utf-8"))["head"] == "L0.H3"
     assert main(["head", "0.x", "--out", str(tmp_path / "bad")]) == 2
     assert "a head is written L.H" in capsys.readouterr().err
+
+
+def test_alignment_report_carries_the_same_head_shares(rms_model):
+    from interp_tl.studies.alignment import AlignmentConfig, run_alignment
+
+    align = run_alignment(rms_model, AlignmentConfig(n_pairs=10, n_perms=20, n_boot=0, layers=(0, 1)))
+    shares = align.data["head_shares"]
+    heads = run_heads(rms_model, HeadsConfig(n_pairs=10, n_perms=20, top=0, layer=1)).data
+    assert shares["layer"] == 1
+    np.testing.assert_allclose(np.array(shares["heads"], float), np.array(heads["head_shares"], float), atol=1e-12)
+    total = np.nansum(np.array(shares["heads"], float)) + sum(shares["other_writers"].values())
+    assert total == pytest.approx(shares["total"], abs=1e-10)
+    assert "head_shares" not in run_alignment(rms_model, AlignmentConfig(n_pairs=10, n_perms=20, n_boot=0,
+                                                                         layers=(0,), head_shares=False)).data

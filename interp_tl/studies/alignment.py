@@ -21,7 +21,7 @@ from jaxtyping import Float
 
 from interp_tl import stats
 from interp_tl.activations import check_layers, extract, layer_hook_names
-from interp_tl.studies.common import StudyResult, parallel_prompts, run_provenance
+from interp_tl.studies.common import StudyResult, finite_or_none, parallel_prompts, run_provenance
 
 HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
 METHODOLOGY = "Unit-normalized matched-vs-scrambled z-score on cumulative residual stream"
@@ -43,6 +43,9 @@ class AlignmentConfig:
         batch_size: prompts per forward pass.
         prepend_bos: put BOS before each prompt (None: the model's default).
         n_boot: bootstrap resamples over pairs for the CIs (0: none).
+        head_shares: also split the alignment gap at the last analysed layer additively over its
+            writers (every head, MLP, embedding; :mod:`interp_tl.studies.heads`) for the layer x
+            head heatmap (one more pass over the prompts).
     """
 
     n_pairs: int = 200
@@ -54,6 +57,7 @@ class AlignmentConfig:
     batch_size: int = 32
     prepend_bos: bool | None = None
     n_boot: int = 200
+    head_shares: bool = True
 
 
 LayerActs = Mapping[str, Float[np.ndarray, "n_pairs d_model"]]
@@ -209,13 +213,36 @@ def run_alignment(
         "layer_results": layer_results,
         "summary": summary,
     }
+    if config.head_shares:
+        data["head_shares"] = head_share_grid(model, prompts, max(layers), config)
     provenance = run_provenance(model, prompts, study="alignment", layers=layers, config=asdict(config),
                                 hooks=[f"blocks.L.{h}" for h in HOOKS], token="last real token")
     arrays = activation_arrays(acts, layers) if keep_activations else {}
     return StudyResult("alignment", data, provenance, arrays)
 
 
+def head_share_grid(model, prompts, layer: int, config: AlignmentConfig) -> dict:
+    """Per-head shares of the alignment gap at ``layer`` (``[layer + 1, n_heads]``) and the other writers."""
+    from interp_tl.studies.heads import alignment_shares, writer_parts
+
+    a, b = prompts.langs
+    names, parts_a, _ = writer_parts(model, prompts.tokens[a], layer, config.batch_size)
+    _, parts_b, _ = writer_parts(model, prompts.tokens[b], layer, config.batch_size)
+    split = alignment_shares(parts_a, parts_b, config.n_perms, config.perm_seed)
+    grid = np.full((layer + 1, model.cfg.n_heads), np.nan)
+    others = {}
+    for name, share in zip(names, split["shares"]):
+        if ".H" in name:
+            li, hi = name[1:].split(".H")
+            grid[int(li), int(hi)] = share
+        else:
+            others[name] = float(share)
+    heads = [[finite_or_none(x) for x in row] for row in grid]
+    return {"layer": layer, "total": split["total"], "heads": heads, "other_writers": others}
+
+
 __all__ = [
-    "AlignmentConfig", "HOOKS", "STAGES", "alignment_from_activations", "extract_alignment_activations",
+    "AlignmentConfig", "head_share_grid", "HOOKS", "STAGES", "alignment_from_activations",
+    "extract_alignment_activations",
     "layer_entry", "resid_sum_error", "run_alignment", "summarize",
 ]
