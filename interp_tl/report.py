@@ -104,6 +104,21 @@ def _title(result: StudyResult) -> str:
     return f"{model['name']} ({model['processing']}), {langs}, n={result.provenance['prompts']['n']}"
 
 
+def _layer_head_heatmap(fig, ax, grid: np.ndarray, title: str, signed: bool = False,
+                        limits: tuple[float | None, float | None] = (None, None)) -> None:
+    """A layer x head heatmap with integer ticks; ``signed`` centres a red-blue scale on 0."""
+    if signed:
+        bound = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
+        limits, cmap = (-bound, bound), "RdBu_r"
+    else:
+        cmap = "viridis"
+    image = ax.imshow(grid, aspect="auto", cmap=cmap, vmin=limits[0], vmax=limits[1])
+    ax.set(xlabel="head", ylabel="layer", title=title)
+    ax.set_xticks(range(grid.shape[1]))
+    ax.set_yticks(range(grid.shape[0]))
+    fig.colorbar(image, ax=ax, fraction=0.05)
+
+
 def plot_alignment(result: StudyResult) -> bytes:
     """Alignment z per layer before/after attention/after MLP (left) and Δz of attention vs MLP (right)."""
     rows = result.data["layer_results"]
@@ -120,12 +135,7 @@ def plot_alignment(result: StudyResult) -> bytes:
         if shares:
             left, right, heat = fig.subplots(1, 3, gridspec_kw={"width_ratios": [3, 3, 2]})
             grid = np.array([[np.nan if v is None else v for v in row] for row in shares["heads"]], dtype=float)
-            bound = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
-            image = heat.imshow(grid, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound)
-            heat.set(xlabel="head", ylabel="layer", title=f"head shares of the gap at layer {shares['layer']}")
-            heat.set_xticks(range(grid.shape[1]))
-            heat.set_yticks(range(grid.shape[0]))
-            fig.colorbar(image, ax=heat, fraction=0.05)
+            _layer_head_heatmap(fig, heat, grid, f"head shares of the gap at layer {shares['layer']}", signed=True)
         else:
             left, right = fig.subplots(1, 2)
         for key, label in (("z_pre", "resid_pre"), ("z_post_attn", "+ attn"), ("z_post_mlp", "+ mlp")):
@@ -265,12 +275,7 @@ def plot_jacobian(result: StudyResult) -> bytes:
     def draw(fig) -> None:
         axes = fig.subplots(1, 4)
         for ax, key, limits in zip(axes[:3], ("cos_diag", "cos_ste", "r_diag"), ((-1, 1), (-1, 1), (0, None))):
-            grid = np.array(tables[key], dtype=float)
-            image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=limits[0], vmax=limits[1])
-            ax.set(xlabel="head", ylabel="layer", title=key)
-            ax.set_xticks(range(grid.shape[1]))
-            ax.set_yticks(range(grid.shape[0]))
-            fig.colorbar(image, ax=ax, fraction=0.05)
+            _layer_head_heatmap(fig, ax, np.array(tables[key], dtype=float), key, limits=limits)
         ax = axes[3]
         for kind, values in data.get("weight_gradient_cos", {}).items():
             ax.plot(range(len(values)), [np.nan if v is None else v for v in values], marker="o", label=kind)
@@ -291,12 +296,7 @@ def plot_heads(result: StudyResult) -> bytes:
 
     def draw(fig) -> None:
         left, right = fig.subplots(1, 2)
-        bound = np.nanmax(np.abs(grid)) or 1.0
-        image = left.imshow(grid, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound)
-        left.set(xlabel="head", ylabel="layer", title=f"head shares of the gap at layer {data['layer']}")
-        left.set_xticks(range(grid.shape[1]))
-        left.set_yticks(range(grid.shape[0]))
-        fig.colorbar(image, ax=left, fraction=0.05)
+        _layer_head_heatmap(fig, left, grid, f"head shares of the gap at layer {data['layer']}", signed=True)
         y = np.arange(len(writers))
         shares = [w["share"] for w in writers]
         right.barh(y, shares, color=["tab:red" if s > 0 else "tab:blue" for s in shares])
