@@ -94,12 +94,13 @@ class AnswerScores:
     n: int
 
 
-def answer_token_losses(
-    model, prompts: Tokenized, answers: Sequence[str], batch_size: int = 64
-) -> list[Float[np.ndarray, " answer_tokens"]]:
-    """Teacher-forced next-token loss (nats) of each answer's tokens and EOS after its prompt.
+def _sequence_losses(
+    model, prompts: Tokenized, answers: Sequence[str], batch_size: int
+) -> tuple[list[np.ndarray], list[int]]:
+    """Next-token losses of ``prompt + answer + EOS`` sequences, one forward pass per batch.
 
-    The first answer token (the separating space) is included; callers drop it if they wish.
+    Returns, per sequence, the loss (nats) at every real position after the first, and the
+    number of answer tokens (EOS included) at its end.
     """
     tok = model.tokenizer
     eos = tok.eos_token_id
@@ -111,13 +112,21 @@ def answer_token_losses(
     with torch.inference_mode(), fused_gelu(model):
         for rows in length_sorted_batches(full.lengths, batch_size):
             toks, mask = _left_pad([full.ids[i] for i in rows], pad_id, model.cfg.device)
-            logp = model(toks, attention_mask=mask).log_softmax(-1)
+            nll = -model(toks, attention_mask=mask).log_softmax(-1)[:, :-1].gather(-1, toks[:, 1:, None])[..., 0]
             for j, row in enumerate(rows):
-                k = len(targets[row])
-                pred = logp[j, -k - 1 : -1]
-                tgt = toks[j, -k:]
-                losses[row] = (-pred.gather(-1, tgt[:, None])[:, 0]).double().cpu().numpy()
-    return losses
+                losses[row] = nll[j, 1 - len(full.ids[row]):].double().cpu().numpy()
+    return losses, [len(t) for t in targets]
+
+
+def answer_token_losses(
+    model, prompts: Tokenized, answers: Sequence[str], batch_size: int = 64
+) -> list[Float[np.ndarray, " answer_tokens"]]:
+    """Teacher-forced next-token loss (nats) of each answer's tokens and EOS after its prompt.
+
+    The first answer token (the separating space) is included; callers drop it if they wish.
+    """
+    losses, lengths = _sequence_losses(model, prompts, answers, batch_size)
+    return [x[-k:] for x, k in zip(losses, lengths)]
 
 
 def score_answers(
@@ -239,20 +248,7 @@ def next_token_loss(
     answers = [answer_text(p.answer) for p in problems]
     for lang in langs:
         prompts = tokenize(model, [p.prompts[lang] for p in problems], prepend_bos)
-        targets = [model.tokenizer(a, add_special_tokens=False)["input_ids"] + [model.tokenizer.eos_token_id]
-                   for a in answers]
-        full = Tokenized([p + t for p, t in zip(prompts.ids, targets)], prompts.prepend_bos, prompts.bos_id, None)
-        check_lengths(model, full)
-        pad = prompts.bos_id if prompts.bos_id is not None else model.tokenizer.eos_token_id
-        total, count = 0.0, 0
-        with torch.inference_mode(), fused_gelu(model):
-            for rows in length_sorted_batches(full.lengths, batch_size):
-                toks, mask = _left_pad([full.ids[i] for i in rows], pad, model.cfg.device)
-                logp = model(toks, attention_mask=mask).log_softmax(-1)[:, :-1]
-                nll = -logp.gather(-1, toks[:, 1:, None])[..., 0]
-                keep = mask[:, 1:].bool() & mask[:, :-1].bool()
-                total += float(nll[keep].double().sum())
-                count += int(keep.sum())
-        answer = answer_token_losses(model, prompts, answers, batch_size)
-        out[lang] = {"all_tokens": total / count, "answer_tokens": float(np.mean(np.concatenate(answer)))}
+        losses, lengths = _sequence_losses(model, prompts, answers, batch_size)
+        out[lang] = {"all_tokens": float(np.mean(np.concatenate(losses))),
+                     "answer_tokens": float(np.mean(np.concatenate([x[-k:] for x, k in zip(losses, lengths)])))}
     return out
