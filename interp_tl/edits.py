@@ -118,6 +118,15 @@ def _per_layer(model, layers, bases: Basis | Mapping[int, Basis]) -> dict[int, B
     return {layer: bases[layer] for layer in layers}
 
 
+def _projectors(model, layers, bases: Basis | Mapping[int, Basis], alpha: float) -> dict[int, tuple[np.ndarray, str]]:
+    """``{layer: (P in the model's residual basis, how the basis was mapped)}``, checked before any edit."""
+    plan = {}
+    for layer, basis in _per_layer(model, layers, bases).items():
+        axes, note = basis_for(model, basis)
+        plan[layer] = (projector(axes, alpha), note)
+    return plan
+
+
 def project_mlp_writes_(
     model, layers, bases: Basis | Mapping[int, Basis], alpha: float = 1.0
 ) -> dict[int, str]:
@@ -132,10 +141,7 @@ def project_mlp_writes_(
     Returns:
         ``{layer: how the basis was mapped}``.
     """
-    plan = {}
-    for layer, basis in _per_layer(model, layers, bases).items():
-        axes, note = basis_for(model, basis)
-        plan[layer] = (projector(axes, alpha), note)
+    plan = _projectors(model, layers, bases, alpha)
     with torch.no_grad():
         for layer, (p, _) in plan.items():
             mlp = model.blocks[layer].mlp
@@ -169,9 +175,8 @@ def projected_mlp_writes(
 def projection_hooks(model, layers, bases: Basis | Mapping[int, Basis], alpha: float = 1.0) -> list:
     """The same edit as forward hooks on ``blocks.L.hook_mlp_out`` (``act @ P``): for ``model.hooks``."""
     hooks = []
-    for layer, basis in _per_layer(model, layers, bases).items():
-        axes, _ = basis_for(model, basis)
-        p_t = torch.as_tensor(projector(axes, alpha), dtype=model.cfg.dtype, device=model.cfg.device)
+    for layer, (p, _) in _projectors(model, layers, bases, alpha).items():
+        p_t = torch.as_tensor(p, dtype=model.cfg.dtype, device=model.cfg.device)
 
         def hook(act, hook, p_t=p_t):
             return act @ p_t
