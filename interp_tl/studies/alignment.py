@@ -223,20 +223,11 @@ def run_alignment(
 
 def head_share_grid(model, prompts, layer: int, config: AlignmentConfig) -> dict:
     """Per-head shares of the alignment gap at ``layer`` (``[layer + 1, n_heads]``) and the other writers."""
-    from interp_tl.studies.heads import alignment_shares, writer_parts
+    from interp_tl.studies.heads import head_of, share_grid, split_alignment
 
-    a, b = prompts.langs
-    names, parts_a, _ = writer_parts(model, prompts.tokens[a], layer, config.batch_size)
-    _, parts_b, _ = writer_parts(model, prompts.tokens[b], layer, config.batch_size)
-    split = alignment_shares(parts_a, parts_b, config.n_perms, config.perm_seed)
-    grid = np.full((layer + 1, model.cfg.n_heads), np.nan)
-    others = {}
-    for name, share in zip(names, split["shares"]):
-        if ".H" in name:
-            li, hi = name[1:].split(".H")
-            grid[int(li), int(hi)] = share
-        else:
-            others[name] = float(share)
+    names, split, _ = split_alignment(model, prompts, layer, config.n_perms, config.perm_seed, config.batch_size)
+    grid = share_grid(names, split["shares"], layer, model.cfg.n_heads)
+    others = {n: float(x) for n, x in zip(names, split["shares"]) if head_of(n) is None}
     heads = [[finite_or_none(x) for x in row] for row in grid]
     return {"layer": layer, "total": split["total"], "heads": heads, "other_writers": others}
 

@@ -132,6 +132,38 @@ def alignment_shares(
             "z": np.where(sd > 0, (shares - scrambled.mean(1)) / np.where(sd > 0, sd, 1), np.nan)}
 
 
+def split_alignment(model, prompts: ParallelPrompts, layer: int, n_perms: int = 200, perm_seed: int = 42,
+                    batch_size: int = 32) -> tuple[list[str], dict[str, Any], float]:
+    """Writers of the first two languages' residuals at ``layer`` and their split of the gap.
+
+    Returns the writer names, :func:`alignment_shares`, and the largest
+    ``|sum of writers - resid_post|`` (the additivity check).
+    """
+    a, b = prompts.langs[:2]
+    names, parts_a, resid_a = writer_parts(model, prompts.tokens[a], layer, batch_size)
+    _, parts_b, resid_b = writer_parts(model, prompts.tokens[b], layer, batch_size)
+    sum_error = float(max(np.abs(parts_a.sum(0) - resid_a).max(), np.abs(parts_b.sum(0) - resid_b).max()))
+    return names, alignment_shares(parts_a, parts_b, n_perms, perm_seed), sum_error
+
+
+def head_of(name: str) -> tuple[int, int] | None:
+    """``(layer, head)`` of a writer named ``L{layer}.H{head}``, None for other writers."""
+    if not name.startswith("L") or ".H" not in name:
+        return None
+    layer, head = name[1:].split(".H")
+    return int(layer), int(head)
+
+
+def share_grid(names: list[str], shares: np.ndarray, layer: int, n_heads: int) -> np.ndarray:
+    """The head writers' shares as ``[layer + 1, n_heads]`` (NaN where a head has no share)."""
+    grid = np.full((layer + 1, n_heads), np.nan)
+    for name, share in zip(names, shares):
+        at = head_of(name)
+        if at is not None:
+            grid[at] = share
+    return grid
+
+
 def _ablation_hook(kind: Ablation, head: int, mean: np.ndarray | None):
     def hook(z, hook):
         z = z.clone()
@@ -176,20 +208,13 @@ def run_heads(model, config: HeadsConfig = HeadsConfig(), progress: bool = False
     layer = _layer(model, config.layer)
     prompts = parallel_prompts(model, config.n_pairs, config.seed, config.langs, config.prepend_bos)
     a, b = prompts.langs
-    names, parts_a, resid_a = writer_parts(model, prompts.tokens[a], layer, config.batch_size)
-    _, parts_b, resid_b = writer_parts(model, prompts.tokens[b], layer, config.batch_size)
-    sum_error = float(max(np.abs(parts_a.sum(0) - resid_a).max(), np.abs(parts_b.sum(0) - resid_b).max()))
-    split = alignment_shares(parts_a, parts_b, config.n_perms)
-    heads = [i for i, n in enumerate(names) if ".H" in n]
-    grid = np.full((layer + 1, model.cfg.n_heads), np.nan)
-    for i in heads:
-        li, hi = names[i][1:].split(".H")
-        grid[int(li), int(hi)] = split["shares"][i]
+    names, split, sum_error = split_alignment(model, prompts, layer, config.n_perms, batch_size=config.batch_size)
+    grid = share_grid(names, split["shares"], layer, model.cfg.n_heads)
+    heads = [i for i, n in enumerate(names) if head_of(n) is not None]
     top = sorted(heads, key=lambda i: -split["shares"][i])[: config.top]
     ablations = {}
     for i in top:
-        li, hi = (int(x) for x in names[i][1:].split(".H"))
-        ablations[names[i]] = ablation_effect(model, prompts, li, hi, config.ablation, config.batch_size,
+        ablations[names[i]] = ablation_effect(model, prompts, *head_of(names[i]), config.ablation, config.batch_size,
                                               config.n_perms)
     data = {
         "layer": layer, "languages": [a, b], "total": split["total"],
@@ -233,9 +258,7 @@ def head_report(model, head: str, config: HeadsConfig = HeadsConfig()) -> dict[s
     top_layer = _layer(model, config.layer)
     prompts = parallel_prompts(model, config.n_pairs, config.seed, config.langs, config.prepend_bos)
     a, b = prompts.langs
-    names, parts_a, _ = writer_parts(model, prompts.tokens[a], top_layer, config.batch_size)
-    _, parts_b, _ = writer_parts(model, prompts.tokens[b], top_layer, config.batch_size)
-    split = alignment_shares(parts_a, parts_b, config.n_perms)
+    names, split, _ = split_alignment(model, prompts, top_layer, config.n_perms, batch_size=config.batch_size)
     name = f"L{layer}.H{h}"
     share = None
     if name in names:
