@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from interp_tl import stats
-from interp_tl.activations import extract
+from interp_tl.activations import _left_pad, extract, length_sorted_batches
 from interp_tl.errors import BadInputError, LayerRangeError
 from interp_tl.studies.common import ParallelPrompts, StudyResult, parallel_prompts, run_provenance
 
@@ -225,7 +225,7 @@ def run_heads(model, config: HeadsConfig = HeadsConfig(), progress: bool = False
         "writers_sum_max_abs_error": sum_error,
         "ablations": ablations,
     }
-    provenance = run_provenance(model, prompts, config={**asdict(config), "langs": list(config.langs)},
+    provenance = run_provenance(model, prompts, config=asdict(config),
                                 layer=layer)
     return StudyResult("heads", data, provenance, {})
 
@@ -304,8 +304,6 @@ def attention_stats(model, prompts: ParallelPrompts, layer: int, head: int, batc
 
         def keep_last(pattern, hook, rows=rows):
             rows.append(pattern[:, head, -1].detach().double().cpu().numpy())
-
-        from interp_tl.activations import _left_pad, length_sorted_batches
 
         order = []
         with torch.inference_mode():

@@ -321,7 +321,7 @@ def run_jacobian(model, config: JacobianConfig = JacobianConfig(), progress: boo
     data["summary"] = {k: float(np.nanmean(np.array(tables[k], dtype=float))) for k in ("r_diag", "cos_diag",
                                                                                        "cos_ste")}
     provenance = {"model": model_provenance(model), "study": "jacobian", "sequences": source,
-                  "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+                  "config": asdict(config),
                   "loss": "per sequence mean next-token cross-entropy over real tokens, summed over sequences",
                   "versions": versions()}
     return StudyResult("jacobian", data, provenance, {})

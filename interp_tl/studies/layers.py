@@ -249,5 +249,4 @@ def run_layers(model, config: LayersConfig = LayersConfig(), progress: bool = Fa
     }
     provenance = {"model": model_provenance(model), "study": "layers", "config": asdict(config),
                   "layers": block, "versions": versions()}
-    provenance["config"]["layers"] = None if config.layers is None else list(config.layers)
     return StudyResult("layers", data, provenance, {})

@@ -243,7 +243,7 @@ def run_surgery(model, config: SurgeryConfig = SurgeryConfig(), progress: bool =
                     "random_control_mean_accuracy": _mean_accuracy(control)},
     }
     fit_prompts = parallel_prompts(model, 5, config.fit_seed, config.fit_langs, config.prepend_bos)
-    provenance = run_provenance(model, fit_prompts, config=_config_dict(config), layers=layers,
+    provenance = run_provenance(model, fit_prompts, config=asdict(config), layers=layers,
                                 edit={"kind": "mlp_write_projection", "residual_basis": kind, "restored": True})
     provenance["prompts"] = {"fit": {"name": "parallel-math-7", "n": config.fit_n, "seed": config.fit_seed,
                                      "languages": list(config.fit_langs), "hook": config.fit_hook},
@@ -252,7 +252,3 @@ def run_surgery(model, config: SurgeryConfig = SurgeryConfig(), progress: bool =
                              "loss": {"n": config.loss_n, "seed": config.loss_seed}}
     arrays = {f"axes_L{layer}": s.axes[:, : config.k] for layer, s in subspaces.items()} if keep_activations else {}
     return StudyResult("surgery", data, provenance, arrays)
-
-
-def _config_dict(config: SurgeryConfig) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
