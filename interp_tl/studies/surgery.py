@@ -206,13 +206,16 @@ def run_surgery(model, config: SurgeryConfig = SurgeryConfig(), progress: bool =
     surgery, loss_surg = evaluate(projected_mlp_writes(model, layers, bases(config.k), config.alpha), "surgery")
     control_bases = random_bases(model, layers, config.k, config.control_seed)
     control, loss_ctrl = evaluate(projected_mlp_writes(model, layers, control_bases, config.alpha), "random_control")
+    done = {(config.k, config.alpha, "language"): surgery, (config.k, config.alpha, "random"): control}
     sweep = []
     for k in sweep_k:
         for alpha in config.sweep_alpha:
             for name, b in (("language", bases(k)), ("random", random_bases(model, layers, k, config.control_seed))):
-                with projected_mlp_writes(model, layers, b, alpha):
-                    res = evaluate_generation(model, problems, config.eval_langs, config.max_new_tokens,
-                                              config.batch_size, config.prepend_bos)
+                res = done.get((k, alpha, name))
+                if res is None:  # the study's own (k, alpha) was generated above
+                    with projected_mlp_writes(model, layers, b, alpha):
+                        res = evaluate_generation(model, problems, config.eval_langs, config.max_new_tokens,
+                                                  config.batch_size, config.prepend_bos)
                 sweep.append({"k": k, "alpha": alpha, "subspace": name, "mean_accuracy": _mean_accuracy(res),
                               "accuracy": {lang: r["accuracy"] for lang, r in res.items()}})
     paired = {lang: {"surgery_vs_baseline": mcnemar(baseline[lang]["correct_mask"], surgery[lang]["correct_mask"]),
