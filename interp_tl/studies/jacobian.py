@@ -144,8 +144,24 @@ def _loss(model, toks: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return ((nll * keep).sum(1) / keep.sum(1)).sum()  # a sum over sequences: gradients do not depend on batching
 
 
-def pattern_gradients(model, toks: torch.Tensor, real: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """``{layer: (pattern, d loss / d pattern)}`` from a forward and a backward hook on ``hook_pattern``."""
+def _attention_params(model) -> list[torch.Tensor]:
+    """``[W_Q, W_K]`` of every layer, in layer order (``_W_K`` under grouped-query attention)."""
+    return [w for block in model.blocks for w in (block.attn.W_Q, getattr(block.attn, "_W_K", block.attn.W_K))]
+
+
+def _per_layer_grads(grads: Sequence[torch.Tensor]) -> dict[int, torch.Tensor]:
+    """``{layer: flattened (dW_Q, dW_K)}`` from gradients listed as :func:`_attention_params`."""
+    return {i: torch.cat([grads[2 * i].reshape(-1), grads[2 * i + 1].reshape(-1)]) for i in range(len(grads) // 2)}
+
+
+def pattern_gradients(
+    model, toks: torch.Tensor, real: torch.Tensor
+) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], dict[int, torch.Tensor]]:
+    """One forward and backward pass: the patterns with their gradients, and the true weight gradients.
+
+    Returns ``{layer: (pattern, d loss / d pattern)}`` (a forward and a backward hook on
+    ``hook_pattern``) and ``{layer: flattened d loss / d (W_Q, W_K)}``.
+    """
     patterns, grads = {}, {}
 
     def fwd(act, hook):
@@ -155,10 +171,12 @@ def pattern_gradients(model, toks: torch.Tensor, real: torch.Tensor) -> dict[int
         grads[hook.layer()] = grad.detach()
 
     names = [f"blocks.{i}.attn.hook_pattern" for i in range(model.cfg.n_layers)]
+    model.zero_grad(set_to_none=True)
     with model.hooks(fwd_hooks=[(n, fwd) for n in names], bwd_hooks=[(n, bwd) for n in names]):
         _loss(model, toks, real).backward()
+    weights = _per_layer_grads([w.grad.detach().clone() for w in _attention_params(model)])
     model.zero_grad(set_to_none=True)
-    return {layer: (patterns[layer], grads[layer]) for layer in patterns}
+    return {layer: (patterns[layer], grads[layer]) for layer in patterns}, weights
 
 
 def _valid(real: torch.Tensor) -> torch.Tensor:
@@ -243,7 +261,10 @@ def _seq_cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def weight_gradients(model, toks: torch.Tensor, real: torch.Tensor, kind: str) -> dict[int, torch.Tensor]:
-    """``{layer: flattened d loss / d (W_Q, W_K)}`` with every softmax backward replaced by ``kind``."""
+    """``{layer: flattened d loss / d (W_Q, W_K)}`` with every softmax backward replaced by ``kind``.
+
+    The true gradient is the second result of :func:`pattern_gradients`.
+    """
     scores: dict[int, torch.Tensor] = {}
 
     def keep_scores(act, hook):
@@ -255,13 +276,8 @@ def weight_gradients(model, toks: torch.Tensor, real: torch.Tensor, kind: str) -
     n = model.cfg.n_layers
     hooks = [(f"blocks.{i}.attn.hook_attn_scores", keep_scores) for i in range(n)]
     hooks += [(f"blocks.{i}.attn.hook_pattern", surrogate) for i in range(n)]
-    params = []
-    for block in model.blocks:
-        attn = block.attn
-        params += [attn.W_Q, getattr(attn, "_W_K", attn.W_K)]
-    with model.hooks(fwd_hooks=hooks if kind != "autograd" else []):
-        grads = torch.autograd.grad(_loss(model, toks, real), params)
-    return {i: torch.cat([grads[2 * i].reshape(-1), grads[2 * i + 1].reshape(-1)]) for i in range(n)}
+    with model.hooks(fwd_hooks=hooks):
+        return _per_layer_grads(torch.autograd.grad(_loss(model, toks, real), _attention_params(model)))
 
 
 def _check_model(model) -> None:
@@ -297,11 +313,12 @@ def run_jacobian(model, config: JacobianConfig = JacobianConfig(), progress: boo
     try:
         for rows in batches:
             toks, real = _batch([ids[i] for i in rows], pad, model.cfg.device)
-            for layer, (pattern, grad) in pattern_gradients(model, toks, real).items():
+            patterns, true = pattern_gradients(model, toks, real)
+            for layer, (pattern, grad) in patterns.items():
                 acc.add(layer, pattern, grad, real)
             if config.weight_gradients:
                 for kind in ("autograd", "diag", "ste"):
-                    grads = weight_gradients(model, toks, real, kind)
+                    grads = true if kind == "autograd" else weight_gradients(model, toks, real, kind)
                     into = totals.setdefault(kind, {})
                     for i, g in grads.items():
                         into[i] = into[i] + g.double() if i in into else g.double()
