@@ -99,6 +99,20 @@ def _draw(rng: random.Random, category: str) -> tuple[str, dict[str, int], int]:
     return "sequences", {"a1": a1, "d": d, "n": n}, n * (2 * a1 + (n - 1) * d) // 2
 
 
+def _render(index: int, row: tuple[str, dict[str, int], int], langs: Sequence[str]) -> Problem:
+    """A drawn row ``(template key, numbers, answer)`` as a :class:`Problem` rendered in ``langs``."""
+    key, numbers, answer = row
+    templates = load_templates()
+    return Problem(
+        index=index,
+        category=key.split("_")[0],
+        template=key,
+        numbers=MappingProxyType(numbers),
+        answer=answer,
+        prompts=MappingProxyType({lang: templates[lang][key].format(**numbers) for lang in langs}),
+    )
+
+
 def generate_problems(n: int = 200, seed: int = 42, langs: Sequence[str] | None = None) -> list[Problem]:
     """Generate the parallel problem set exactly as the research scripts do.
 
@@ -117,21 +131,10 @@ def generate_problems(n: int = 200, seed: int = 42, langs: Sequence[str] | None 
     if n < 5 or n % 5:
         raise BadInputError(f"n must be a positive multiple of 5 (n // 5 problems per category), got {n}")
     langs = check_languages(langs if langs is not None else languages())
-    templates = load_templates()
     rng = random.Random(seed)
     rows = [_draw(rng, category) for category in CATEGORIES for _ in range(n // 5)]
     rng.shuffle(rows)
-    return [
-        Problem(
-            index=i,
-            category=key.split("_")[0],
-            template=key,
-            numbers=MappingProxyType(numbers),
-            answer=answer,
-            prompts=MappingProxyType({lang: templates[lang][key].format(**numbers) for lang in langs}),
-        )
-        for i, (key, numbers, answer) in enumerate(rows)
-    ]
+    return [_render(i, row, langs) for i, row in enumerate(rows)]
 
 
 def seed_test_problems(per_category: int = 4, seed: int = 42, langs: Sequence[str] | None = None) -> list[Problem]:
@@ -146,7 +149,6 @@ def seed_test_problems(per_category: int = 4, seed: int = 42, langs: Sequence[st
     if not 1 <= per_category <= 40:
         raise BadInputError(f"per_category must be between 1 and 40 (the set has 40 per category), got {per_category}")
     langs = check_languages(langs if langs is not None else languages())
-    templates = load_templates()
     rng = random.Random(seed)
     rows = [_draw(rng, category) for category in CATEGORIES for _ in range(40)]
     order = list(range(len(rows)))
@@ -156,18 +158,7 @@ def seed_test_problems(per_category: int = 4, seed: int = 42, langs: Sequence[st
         chosen = by_category.setdefault(rows[i][0].split("_")[0], [])
         if len(chosen) < per_category:
             chosen.append(i)
-    return [
-        Problem(
-            index=i,
-            category=rows[i][0].split("_")[0],
-            template=rows[i][0],
-            numbers=MappingProxyType(rows[i][1]),
-            answer=rows[i][2],
-            prompts=MappingProxyType({lang: templates[lang][rows[i][0]].format(**rows[i][1]) for lang in langs}),
-        )
-        for chosen in by_category.values()
-        for i in chosen
-    ]
+    return [_render(i, rows[i], langs) for chosen in by_category.values() for i in chosen]
 
 
 def draw_problem(rng: random.Random, category: str, langs: Sequence[str] | None = None, index: int = 0) -> Problem:
@@ -179,16 +170,7 @@ def draw_problem(rng: random.Random, category: str, langs: Sequence[str] | None 
     if category not in CATEGORIES:
         raise BadInputError(f"unknown category {category!r}: choose one of {', '.join(CATEGORIES)}")
     langs = check_languages(langs if langs is not None else languages())
-    templates = load_templates()
-    key, numbers, answer = _draw(rng, category)
-    return Problem(
-        index=index,
-        category=category,
-        template=key,
-        numbers=MappingProxyType(numbers),
-        answer=answer,
-        prompts=MappingProxyType({lang: templates[lang][key].format(**numbers) for lang in langs}),
-    )
+    return _render(index, _draw(rng, category), langs)
 
 
 def problem_set_id(n: int, seed: int) -> dict[str, object]:
