@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from interp_tl.generation import answer_text, answer_token_losses, score_answers
 from interp_tl.models import POLYGLOT_MODEL, polyglot_path, quiet_tl_deprecation, versions
 from interp_tl.prompts import CATEGORIES, draw_problem, generate_problems, languages
+from interp_tl.report import atomic_write
 
 EOT = "<|endoftext|>"
 HELD_OUT = dict(n=200, seed=42)
@@ -291,14 +292,6 @@ def _train(recipe: Recipe, tokenizer, stop_after: int | None, progress: bool, ev
 # Outputs
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def save_model(model, tokenizer, recipe: Recipe, log: dict, scores, baseline: float, out: Path) -> dict:
     from safetensors.torch import save_file
 
@@ -332,7 +325,7 @@ def save_model(model, tokenizer, recipe: Recipe, log: dict, scores, baseline: fl
             "question_blind_loss": baseline,
         },
     }
-    atomic_write_bytes(out / "training.json", (json.dumps(training, indent=1) + "\n").encode())
+    atomic_write(out / "training.json", (json.dumps(training, indent=1) + "\n").encode())
     return training
 
 
