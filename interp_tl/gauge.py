@@ -36,6 +36,11 @@ from interp_tl.errors import BadInputError
 Mode = Literal["tied", "separate"]
 
 
+def _np64(t) -> np.ndarray:
+    """A weight tensor as a float64 numpy array on the CPU."""
+    return t.detach().to("cpu").double().numpy()
+
+
 def unit(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """``x`` divided by its Frobenius norm (the seed's normalization: direction, not scale)."""
     return x / max(float(np.linalg.norm(x)), eps)
@@ -92,13 +97,9 @@ class AttentionWeights:
 def attention_weights(model, layer: int) -> AttentionWeights:
     """Layer ``layer``'s attention weights; K/V un-repeated under grouped-query attention."""
     attn = model.blocks[layer].attn
-
-    def np64(t):
-        return t.detach().to("cpu").double().numpy()
-
     w_k = getattr(attn, "_W_K", attn.W_K)
     w_v = getattr(attn, "_W_V", attn.W_V)
-    return AttentionWeights(np64(attn.W_Q), np64(w_k), np64(w_v), np64(attn.W_O))
+    return AttentionWeights(_np64(attn.W_Q), _np64(w_k), _np64(w_v), _np64(attn.W_O))
 
 
 def _qk_solver(rotary: tuple[int, bool] | None):
@@ -188,12 +189,8 @@ class MLPWeights:
 def mlp_weights(model, layer: int) -> MLPWeights:
     """Layer ``layer``'s MLP weights."""
     mlp = model.blocks[layer].mlp
-
-    def np64(t):
-        return t.detach().to("cpu").double().numpy()
-
     gate = getattr(mlp, "W_gate", None)
-    return MLPWeights(np64(mlp.W_in), np64(mlp.W_out), None if gate is None else np64(gate))
+    return MLPWeights(_np64(mlp.W_in), _np64(mlp.W_out), None if gate is None else _np64(gate))
 
 
 def match_neurons(wa: MLPWeights, wb: MLPWeights) -> dict[str, np.ndarray | float]:
