@@ -1,21 +1,31 @@
-"""``interp-tl``: one subcommand per study, plus ``all``.
+"""``interp-tl``: one subcommand per study, ``all``, and ``head L.H``; every flag generated from a config.
+
+Each study's flags are its config dataclass's fields (``n_pairs`` -> ``--n-pairs``), with the field's
+``Attributes:`` docstring as help and the dataclass default as the default, so the CLI and
+``run_x(model, Config())`` cannot drift. ``interp-tl all`` takes every study's flags twice: plain
+(``--langs es ar`` applies to every study that has ``langs``) and prefixed with the study
+(``--surgery.sweep-k 1,2`` for that study alone; prefixed wins).
 
 Every error a user can cause (unknown model or language, bad counts, layers out of range, an
 output folder that cannot be written) prints one line ``interp-tl: error: ...`` and exits with
-status 2, before anything is written.
+status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
 import sys
-from dataclasses import fields
-from typing import Any, Sequence
+import types
+import typing
+from typing import Any, Literal, Sequence
 
 from interp_tl import __version__
 from interp_tl.errors import BadInputError, InterpTLError
 
 EXIT_USAGE = 2
+_ATTRIBUTE = re.compile(r"^(\s+)(\w+):\s*(.*)$")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,38 +39,12 @@ def parse_layers(text: str) -> tuple[int, ...]:
     try:
         for part in text.split(","):
             lo, _, hi = part.strip().partition("-")
+            if hi and int(hi) < int(lo):
+                raise argparse.ArgumentTypeError(f"reversed range {part.strip()!r} in layers: write it low-high")
             layers += range(int(lo), int(hi) + 1) if hi else [int(lo)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"layers must look like 0-3,8, got {text!r}") from None
     return tuple(layers)
-
-
-def _model_args(parser: argparse.ArgumentParser) -> None:
-    from interp_tl.models import DEFAULT_MODEL, PROCESSING
-
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL}, offline)")
-    parser.add_argument("--processing", default="none", choices=list(PROCESSING),
-                        help="weight processing: none = raw weights as the research scripts (default), "
-                             "fold_ln, or default = TransformerLens' from_pretrained default")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=None,
-                        help="put BOS before each prompt (default: the model's default)")
-    parser.add_argument("--out", default="results", help="output folder (default ./results)")
-    parser.add_argument("--save-activations", action="store_true",
-                        help="also write <study>_activations.npz (surgery: the fitted axes)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    _model_args(parser)
-    parser.add_argument("--n-pairs", type=int, default=200, help="problems per language (multiple of 5)")
-    parser.add_argument("--langs", nargs=2, default=["zh", "en"], metavar=("A", "B"),
-                        help="the two languages compared (zh en es ar ja ko sw)")
-    parser.add_argument("--seed", type=int, default=42, help="problem-set seed (42: the evaluation set)")
-    parser.add_argument("--n-perms", type=int, default=None, help="permutations of the null (default: the seed's)")
-    parser.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for CIs (0: none)")
 
 
 def _number_list(cast):
@@ -70,141 +54,250 @@ def _number_list(cast):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
 
+    parse.__name__ = f"{cast.__name__} list"
     return parse
 
 
-def _surgery_args(parser: argparse.ArgumentParser) -> None:
-    _model_args(parser)
-    parser.add_argument("--layers", type=parse_layers, default=None,
-                        help="edited layers, e.g. 1-2 (default: the seed's L9-L26 of 36 as a fraction of depth)")
-    parser.add_argument("--k", type=int, default=10, help="language axes removed per layer (default 10)")
-    parser.add_argument("--min-variance", type=float, default=None,
-                        help="choose k by rule: smallest k explaining this fraction at every edited layer")
-    parser.add_argument("--alpha", type=float, default=1.0, help="projection strength in [0, 1] (default 1)")
-    parser.add_argument("--fit-hook", default="hook_resid_post", help="hook whose last token defines the subspace")
-    parser.add_argument("--fit-n", type=int, default=200, help="problems per language for the fit")
-    parser.add_argument("--fit-seed", type=int, default=42, help="problem-set seed of the fit")
-    parser.add_argument("--fit-langs", nargs="+", default=None, help="fit languages (default all seven)")
-    parser.add_argument("--eval-langs", nargs="+", default=None, help="generation languages (default all seven)")
-    parser.add_argument("--eval-per-category", type=int, default=4, help="test problems per category (seed: 4)")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--sweep-k", type=_number_list(int), default=None, help="k values of the sweep, e.g. 1,2,5,10")
-    parser.add_argument("--sweep-alpha", type=_number_list(float), default=None, help="alphas, e.g. 0.25,0.5,1")
-    parser.add_argument("--loss-n", type=int, default=50, help="held-out problems for the loss before/after")
-    parser.add_argument("--control-seed", type=int, default=0, help="seed of the random control subspaces")
+def field_help(cls: type) -> dict[str, str]:
+    """``{field: description}`` from the Google-style ``Attributes:`` sections of ``cls`` and its bases."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        doc = klass.__doc__ or ""
+        if "Attributes:" in doc:
+            out.update(_attributes(doc.split("Attributes:", 1)[1]))
+    return out
+
+
+def _attributes(section: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    current, base = None, None
+    for line in section.splitlines():
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        if base is not None and indent < base:
+            break
+        match = _ATTRIBUTE.match(line)
+        if match and (base is None or indent == base):
+            base, current = indent, match.group(2)
+            out[current] = match.group(3).strip()
+        elif current is not None:
+            out[current] += " " + line.strip()
+    return out
+
+
+def _strip_none(hint: Any) -> tuple[Any, bool]:
+    args = typing.get_args(hint)
+    if (typing.get_origin(hint) in (typing.Union, types.UnionType)) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return hint, False
+
+
+def _argument(name: str, hint: Any, default: Any, help_text: str) -> dict[str, Any]:
+    """Argparse keyword arguments for one config field."""
+    hint, optional = _strip_none(hint)
+    shown = "none" if default is None else ",".join(map(str, default)) if isinstance(default, tuple) else default
+    text = f"{help_text} (default: {shown})".replace("%", "%%")
+    kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": text}
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif origin is Literal:
+        kwargs["choices"] = list(args)
+    elif origin is tuple and args and args[0] is str:
+        kwargs.update(nargs="+", metavar="LANG" if name == "langs" else name.upper())
+    elif origin is tuple and name == "layers":
+        kwargs.update(type=parse_layers, metavar="LAYERS")
+    elif origin is tuple:
+        kwargs.update(type=_number_list(args[0]), metavar=f"{args[0].__name__.upper()},...")
+    elif hint in (int, float, str):
+        kwargs["type"] = hint
+    else:  # pragma: no cover - every config field type is covered above
+        raise TypeError(f"no flag for {name}: {hint!r}")
+    return kwargs
+
+
+def config_fields(cls: type, skip: Sequence[str] = ()) -> list[tuple[str, Any, Any, str]]:
+    """``(name, type, default, help)`` of every field of a config dataclass."""
+    hints = typing.get_type_hints(cls)
+    helps = field_help(cls)
+    return [(f.name, hints[f.name], f.default, helps.get(f.name, "")) for f in dataclasses.fields(cls)
+            if f.name not in skip]
+
+
+def _add_config(parser: argparse.ArgumentParser, cls: type, prefix: str = "", skip: Sequence[str] = ()) -> None:
+    group = parser.add_argument_group(f"{prefix.rstrip('.') or 'study'} settings")
+    for name, hint, default, text in config_fields(cls, skip):
+        flag = f"--{prefix}{name.replace('_', '-')}"
+        group.add_argument(flag, dest=f"{prefix}{name}", **_argument(name, hint, default, text))
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    from interp_tl.models import DEFAULT_MODEL, PROCESSING
+
+    group = parser.add_argument_group("model and output")
+    group.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL}, offline)")
+    group.add_argument("--processing", default="none", choices=list(PROCESSING),
+                       help="weight processing: none = raw weights as the research scripts (default), "
+                            "fold_ln, or default = TransformerLens' from_pretrained default")
+    group.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"],
+                       help="model dtype; statistics are always computed in float32/float64 (default float32)")
+    group.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    group.add_argument("--out", default="results", help="output folder (default ./results)")
+    group.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _activation_args(parser: argparse.ArgumentParser, from_file: bool) -> None:
+    parser.add_argument("--save-activations", action="store_true",
+                        help="also write the caches the study analysed as <study>_activations.safetensors")
+    if from_file:
+        parser.add_argument("--from-activations", metavar="FILE", default=None,
+                            help="analyse the caches in FILE (from --save-activations) instead of running the model")
+
+
+def _shared_fields(studies) -> dict[str, tuple[Any, Any, str, list[str]]]:
+    shared: dict[str, tuple[Any, Any, str, list[str]]] = {}
+    for study in studies.values():
+        for name, hint, default, text in config_fields(study.config):
+            if name in shared:
+                if shared[name][0] != hint:  # pragma: no cover - a design error, caught by the tests
+                    raise TypeError(f"field {name} has different types across studies")
+                shared[name][3].append(study.name)
+            else:
+                shared[name] = (hint, default, text, [study.name])
+    return shared
+
+
+def _add_all(parser: argparse.ArgumentParser, studies) -> None:
+    group = parser.add_argument_group("settings for every study that has them")
+    for name, (hint, _, text, owners) in _shared_fields(studies).items():
+        kwargs = _argument(name, hint, None, text)
+        kwargs["help"] = f"{text} ({', '.join(owners)})".replace("%", "%%")
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, **kwargs)
+    for study in studies.values():
+        _add_config(parser, study.config, prefix=f"{study.name}.")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``interp-tl`` argument parser."""
+    """The ``interp-tl`` argument parser, generated from the registry and the config dataclasses."""
+    from interp_tl.studies import STUDIES, HeadsConfig
+
     parser = _Parser(prog="interp-tl", description="Cross-lingual interpretability studies on HookedTransformers.")
     parser.add_argument("--version", action="version", version=f"interp-tl {__version__}")
     sub = parser.add_subparsers(dest="study", required=True, parser_class=_Parser)
-    align = sub.add_parser("alignment", help="per-layer zh/en alignment z, attention vs MLP")
-    _common(align)
-    align.add_argument("--layers", type=parse_layers, default=None, help="layers, e.g. 0-3,8 (default all)")
-    align.add_argument("--no-head-shares", dest="head_shares", action="store_false",
-                       help="skip the additive per-head split of the gap at the last layer (and its heatmap)")
-    emb = sub.add_parser("embedding", help="alignment in the embeddings vs after layer 0")
-    _common(emb)
-    emb.add_argument("--n-token-problems", type=int, default=50, help="problems for the per-token diagnostics")
-    surgery = sub.add_parser("surgery", help="language subspace projected out of MLP writes: generation before/after")
-    _surgery_args(surgery)
-    layers = sub.add_parser("layers", help="gauge-aligned weight distances between consecutive layers")
-    _model_args(layers)
-    layers.add_argument("--layers", type=parse_layers, default=None,
-                        help="the block, e.g. 1-3 (default: the seed's 10..25 of 36 as a fraction of depth)")
-    layers.add_argument("--null-random-seed", type=int, default=0, help="seed of the random same-spectrum null")
-    layers.add_argument("--no-invariants", dest="invariants", action="store_false",
-                        help="skip the per-head W_QK / W_OV comparison")
-    layers.add_argument("--no-rotation-approx", dest="rotation_approx", action="store_false",
-                        help="skip the seed's d_mlp rotation alignment (slow for large d_mlp)")
-    jac = sub.add_parser("jacobian", help="softmax backward per head: diagonal vs lateral vs straight-through")
-    _model_args(jac)
-    jac.add_argument("--text", dest="text_file", default=None,
-                     help="a UTF-8 file; each non-empty line is a sequence (default: the parallel problem set)")
-    jac.add_argument("--n-problems", type=int, default=20, help="problems of the parallel set (each in every language)")
-    jac.add_argument("--seed", type=int, default=42, help="problem-set seed")
-    jac.add_argument("--langs", dest="jacobian_langs", nargs="+", default=None, help="languages (default all seven)")
-    jac.add_argument("--no-weight-gradients", dest="weight_gradients", action="store_false",
-                     help="skip the W_Q/W_K gradient comparison under the surrogates")
-    heads = sub.add_parser("heads", help="additive per-head shares of the alignment, with ablations of the top heads")
-    _common(heads)
-    heads.add_argument("--layer", type=int, default=None, help="residual layer whose alignment is split (default last)")
-    heads.add_argument("--top", type=int, default=3, help="heads checked by ablation")
-    heads.add_argument("--ablation", choices=["mean", "zero"], default="mean")
+    for study in STUDIES.values():
+        one = sub.add_parser(study.name, help=study.summary, description=study.summary)
+        _model_args(one)
+        if study.extract is not None:
+            _activation_args(one, from_file=True)
+        _add_config(one, study.config)
     head = sub.add_parser("head", help="one head, e.g. `interp-tl head 1.2`: share, ablation, attention, Jacobian")
     head.add_argument("head", help="the head as L.H")
-    _common(head)
-    head.add_argument("--layer", type=int, default=None, help="residual layer of the share (default last)")
-    head.add_argument("--ablation", choices=["mean", "zero"], default="mean")
+    _model_args(head)
+    _add_config(head, HeadsConfig, skip=("top",))
     every = sub.add_parser("all", help="every study into one folder, with index.md")
-    _common(every)
+    _model_args(every)
+    _add_all(every, STUDIES)
     return parser
 
 
-def _config(config_cls, args: argparse.Namespace):
-    names = {f.name for f in fields(config_cls)}
-    values: dict[str, Any] = {"batch_size": args.batch_size, "prepend_bos": args.prepend_bos}
-    if hasattr(args, "n_pairs"):
-        values.update({"n_pairs": args.n_pairs, "langs": tuple(args.langs), "seed": args.seed, "n_boot": args.n_boot})
-        if args.n_boot < 0 or (args.n_perms is not None and args.n_perms < 1):
-            raise BadInputError("--n-perms must be at least 1 and --n-boot at least 0")
-        if args.n_perms is not None:
-            values["n_perms"] = args.n_perms
-        values.update({"fit_n": args.n_pairs, "fit_seed": args.seed})  # `all`: the surgery fit uses the same set
-    for name in names - set(values):
-        value = getattr(args, name, None)
-        if value is not None:
-            values[name] = tuple(value) if isinstance(value, list) else value
-    return config_cls(**{k: v for k, v in values.items() if k in names})
-
-
-def run(args: argparse.Namespace) -> list[str]:
-    """Run the study (or all of them) the parsed arguments ask for; return the lines to print."""
-    from interp_tl.models import load_model
-    from interp_tl.prompts import check_languages
-    from interp_tl.report import headline, prepare_out_dir, write_index, write_result
-    from interp_tl.studies import STUDIES
-
-    for langs in (getattr(args, "langs", None), getattr(args, "fit_langs", None), getattr(args, "eval_langs", None),
-                  getattr(args, "jacobian_langs", None)):
-        check_languages(langs or [])
-    out = prepare_out_dir(args.out)
-    model = load_model(args.model, args.processing, args.dtype, args.device)
-    if args.study == "head":
-        return _run_head(args, model, out)
-    names = list(STUDIES) if args.study == "all" else [args.study]
-    results, files, lines = [], {}, []
+def make_config(cls: type, values: dict[str, Any], prefix: str = "", shared: bool = False, **fixed: Any):
+    """The config ``cls`` from parsed values: ``prefix``-ed flags, then (for ``all``) shared ones."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    chosen = {k: v for k, v in fixed.items() if k in names}
     for name in names:
-        config_cls, run_study = STUDIES[name]
-        result = run_study(model, _config(config_cls, args), progress=not args.quiet,
-                           keep_activations=args.save_activations)
-        files[name] = write_result(result, out, args.save_activations)
-        results.append(result)
-        lines.append(f"{name}: {headline(result)}")
-        lines += [f"  wrote {p}" for p in files[name]]
+        if shared and name in values:
+            chosen[name] = values[name]
+        if f"{prefix}{name}" in values:
+            chosen[name] = values[f"{prefix}{name}"]
+    return cls(**chosen)
+
+
+def configs(args: argparse.Namespace) -> dict[str, Any]:
+    """``{study: config}`` the parsed arguments ask for (validated: a bad value is a BadInputError)."""
+    from interp_tl.studies import STUDIES, HeadsConfig
+
+    values = vars(args)
     if args.study == "all":
-        write_index(out, results, files)
-        lines.append(f"  wrote {out / 'index.md'}")
-    return lines
+        return {name: make_config(s.config, values, prefix=f"{name}.", shared=True) for name, s in STUDIES.items()}
+    if args.study == "head":
+        return {"head": make_config(HeadsConfig, values)}
+    return {args.study: make_config(STUDIES[args.study].config, values)}
 
 
-def _run_head(args: argparse.Namespace, model, out) -> list[str]:
+def _check_activation_flags(args: argparse.Namespace) -> None:
+    if getattr(args, "save_activations", False) and getattr(args, "from_activations", None):
+        raise BadInputError("--save-activations and --from-activations exclude each other")
+
+
+def _caches_for(study, model, config, prompts, args, out, lines: list[str]) -> dict:
+    from dataclasses import asdict
+
+    from interp_tl.cache import load_caches, save_caches
+    from interp_tl.errors import ProvenanceMismatchError
+    from interp_tl.models import model_provenance
+
+    meta = {"study": study.name, "prompts": prompts.identity(), "config": asdict(config)}
+    source = getattr(args, "from_activations", None)
+    if source:
+        caches, recorded = load_caches(source, model)
+        for key in ("study", "prompts"):
+            if recorded.get(key) != _json_round_trip(meta[key]):
+                raise ProvenanceMismatchError(
+                    f"{source} holds other {key} ({recorded.get(key)!r}) than this run's ({meta[key]!r})")
+        return caches
+    caches = study.extract(model, config, prompts, progress=not args.quiet)
+    if getattr(args, "save_activations", False):
+        path = out / f"{study.name}_activations.safetensors"
+        save_caches(path, caches, {**meta, "model": model_provenance(model)})
+        lines.append(f"  wrote {path}")
+    return caches
+
+
+def _json_round_trip(value: Any) -> Any:
     import json
 
-    from interp_tl.report import atomic_write
-    from interp_tl.studies.heads import HeadsConfig, head_report
+    return json.loads(json.dumps(value))
 
-    report = head_report(model, args.head, _config(HeadsConfig, args))
+
+def run_one(study, model, config, args: argparse.Namespace, out) -> tuple[Any, list[str]]:
+    """Run one study as the arguments ask (extract or load caches, analyse), write its files."""
+    from interp_tl.report import write_result
+
+    lines: list[str] = []
+    if study.extract is None:
+        result = study.run(model, config, progress=not args.quiet)
+    else:
+        prompts = study.prepare(model, config)
+        caches = _caches_for(study, model, config, prompts, args, out, lines)
+        result = study.analyse(model, config, prompts, caches, progress=not args.quiet)
+    paths = write_result(result, out)
+    return (result, paths), [f"{study.name}: {study.headline(result)}", *[f"  wrote {p}" for p in paths], *lines]
+
+
+def _run_head(args: argparse.Namespace, model, config, out) -> list[str]:
+    from interp_tl.models import model_provenance, versions
+    from interp_tl.report import write_files
+    from interp_tl.results import StudyResult, json_bytes, provenance
+    from interp_tl.studies.heads import head_report
+
+    report = head_report(model, args.head, config)
     name = report["head"]
-    path = out / f"head_{name}.json"
-    atomic_write(path, (json.dumps(report, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
-    share = report["share"]
-    abl = report["ablation"]
+    prov = provenance("head", model_provenance(model), dataclasses.asdict(config), versions(),
+                      {"name": "parallel-math-7", "n": config.n_pairs, "seed": config.seed,
+                       "languages": list(config.langs)}, head=name)
+    result = StudyResult("head", report, prov)
+    paths = write_files({f"head_{name}.json": json_bytes(result.to_dict())}, out)
+    return [*_head_lines(report), *[f"  wrote {p}" for p in paths]]
+
+
+def _head_lines(report: dict) -> list[str]:
+    share, abl, name = report["share"], report["ablation"], report["head"]
     lines = [f"head {name}:"]
     if share:
         lines.append(f"  share of the alignment gap at layer {share['layer_of_residual']}: {share['share']:.5f} "
-                     f"of {share['total']:.5f} (permutation band {share['band'][0]:.5f}..{share['band'][1]:.5f}, "
+                     f"of {share['total']:.5f} (null band {share['band'][0]:.5f}..{share['band'][1]:.5f}, "
                      f"z {share['z']:.1f})")
     lines.append(f"  {abl['ablation']} ablation, delta z at layers {abl['layers']}: "
                  + ", ".join(f"{d:+.2f}" for d in abl["delta_z"]))
@@ -218,23 +311,46 @@ def _run_head(args: argparse.Namespace, model, out) -> list[str]:
     for other, inv in report["neighbours"].items():
         lines.append(f"  closest in {other}: W_QK H{inv['W_QK']['closest_head']} ({inv['W_QK']['distance']:.3f}), "
                      f"W_OV H{inv['W_OV']['closest_head']} ({inv['W_OV']['distance']:.3f})")
-    lines.append(f"  wrote {path}")
     return lines
+
+
+def run(args: argparse.Namespace, emit=print) -> None:
+    """Run the study (or all of them) the parsed arguments ask for, emitting lines as each finishes."""
+    chosen = configs(args)  # every setting is checked before the model is loaded
+    _check_activation_flags(args)
+    from interp_tl.models import load_model
+    from interp_tl.report import prepare_out_dir, write_index
+    from interp_tl.studies import STUDIES
+
+    out = prepare_out_dir(args.out)
+    model = load_model(args.model, args.processing, args.dtype, args.device)
+    if args.study == "head":
+        for line in _run_head(args, model, chosen["head"], out):
+            emit(line)
+        return
+    results, files = [], {}
+    for name, config in chosen.items():
+        (result, paths), lines = run_one(STUDIES[name], model, config, args, out)
+        results.append(result)
+        files[name] = paths
+        for line in lines:
+            emit(line)
+    if args.study == "all":
+        write_index(out, results, files)
+        emit(f"  wrote {out / 'index.md'}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``interp-tl`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        lines = run(args)
+        run(args)
     except InterpTLError as exc:
         print(f"interp-tl: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interp-tl: interrupted", file=sys.stderr)
         return 130
-    for line in lines:
-        print(line)
     return 0
 
 

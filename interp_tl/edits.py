@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from interp_tl.activations import check_layers
+from interp_tl.cache import check_layers
 from interp_tl.errors import BadInputError
 
 ResidualBasis = Literal["raw", "centred"]

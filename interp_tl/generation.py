@@ -2,8 +2,8 @@
 
 The format is the one the embedded model was trained on: ``[BOS] prompt`` then ``" " answer
 [EOS]``, the prompt and the answer tokenized separately (so the prompt's tokens are exactly the
-ones every study reads). Generation is batched and left-padded with an attention mask, as in
-:mod:`interp_tl.activations`, and stops at EOS or after ``max_new_tokens``.
+ones every study reads). Generation is batched and left-padded with an attention mask
+(:func:`interp_tl.batching.batches`), and stops at EOS or after ``max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from jaxtyping import Float
+from transformer_lens.utilities.lm_utils import lm_cross_entropy_loss
 
-from interp_tl.activations import Tokenized, _left_pad, check_lengths, fused_gelu, length_sorted_batches, tokenize
+from interp_tl.batching import Tokenized, batches, check_lengths, tokenize
+from interp_tl.cache import fused_gelu
 from interp_tl.errors import BadInputError
 from interp_tl.langid import LABELS, identify_language
 from interp_tl.prompts import CATEGORIES, Problem
@@ -35,7 +37,7 @@ def greedy_completions(
 
     Args:
         model: a HookedTransformer with a tokenizer that has an EOS token.
-        tokens: prompts from :func:`interp_tl.activations.tokenize`.
+        tokens: prompts from :func:`interp_tl.batching.tokenize`.
         max_new_tokens: most tokens generated per prompt.
         batch_size: prompts per forward pass.
 
@@ -56,11 +58,10 @@ def greedy_completions(
             f"prompt plus {max_new_tokens} new tokens is {longest} tokens, over the context of {model.cfg.n_ctx}"
         )
     check_lengths(model, tokens)
-    pad_id = tokens.bos_id if tokens.bos_id is not None else eos
     out: list[list[int]] = [[] for _ in tokens.ids]
     with torch.inference_mode(), fused_gelu(model):
-        for rows in length_sorted_batches(tokens.lengths, batch_size):
-            toks, mask = _left_pad([tokens.ids[i] for i in rows], pad_id, model.cfg.device)
+        for batch in batches(model, tokens, batch_size):
+            rows, toks, mask = batch.rows, batch.tokens, batch.attention_mask
             new = torch.empty((len(rows), 0), dtype=torch.long, device=toks.device)
             done = torch.zeros(len(rows), dtype=torch.bool, device=toks.device)
             for _ in range(max_new_tokens):
@@ -107,13 +108,12 @@ def _sequence_losses(
     targets = [tok(a, add_special_tokens=False)["input_ids"] + [eos] for a in answers]
     full = Tokenized([p + t for p, t in zip(prompts.ids, targets)], prompts.prepend_bos, prompts.bos_id, None)
     check_lengths(model, full)
-    pad_id = prompts.bos_id if prompts.bos_id is not None else eos
     losses: list[np.ndarray] = [np.empty(0)] * len(answers)
     with torch.inference_mode(), fused_gelu(model):
-        for rows in length_sorted_batches(full.lengths, batch_size):
-            toks, mask = _left_pad([full.ids[i] for i in rows], pad_id, model.cfg.device)
-            nll = -model(toks, attention_mask=mask).log_softmax(-1)[:, :-1].gather(-1, toks[:, 1:, None])[..., 0]
-            for j, row in enumerate(rows):
+        for batch in batches(model, full, batch_size):
+            logits = model(batch.tokens, attention_mask=batch.attention_mask)
+            nll = lm_cross_entropy_loss(logits, batch.tokens, batch.attention_mask, per_token=True)
+            for j, row in enumerate(batch.rows):
                 losses[row] = nll[j, 1 - len(full.ids[row]):].double().cpu().numpy()
     return losses, [len(t) for t in targets]
 

@@ -30,20 +30,21 @@ def compute(model) -> dict[str, Any]:
     """The golden numbers of ``model`` (loaded with processing ``none``) under :data:`SETTINGS`."""
     langs = tuple(SETTINGS["langs"])
     align = run_alignment(model, AlignmentConfig(n_pairs=SETTINGS["n_pairs"], langs=langs, seed=SETTINGS["seed"],
-                                                 n_boot=0))
+                                                 n_boot=0, head_shares=False))
     emb = run_embedding(model, EmbeddingConfig(n_pairs=SETTINGS["n_pairs"], langs=langs, seed=SETTINGS["seed"],
                                                n_boot=0))
     return {
         "alignment": {key: [row[key] for row in align.data["layer_results"]] for key in ALIGNMENT_KEYS},
         "embedding": {key: emb.data.get(key) for key in EMBEDDING_KEYS},
-        "prepend_bos": align.provenance["prepend_bos"],
+        "prepend_bos": align.provenance["prompts"]["prepend_bos"],
     }
 
 
 def record(model, name: str, path: str | Path) -> dict[str, Any]:
     """Compute goldens and write them (JSON) with the model's name, fingerprint and the settings."""
+    from interp_tl.files import atomic_write
     from interp_tl.models import versions
-    from interp_tl.report import atomic_write, json_bytes
+    from interp_tl.results import json_bytes
 
     goldens = {"model": name, "weights_fingerprint": weights_fingerprint(model), "settings": SETTINGS,
                "versions": versions(), **compute(model)}

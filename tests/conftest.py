@@ -1,15 +1,25 @@
-"""Shared model fixtures: two small random HookedTransformers and the offline toy model.
+"""Shared model fixtures: small random HookedTransformers of the two architecture families, and the
+offline embedded models.
 
-``ln_model`` is GPT-2-like (LayerNorm, absolute positions, GELU); ``rms_model`` is Qwen-like
-(RMSNorm, rotary, gated SiLU MLP, grouped-query attention). Both use the shipped byte tokenizer
-(d_vocab 257, BOS = EOS = PAD = 256), left padding, and randomized norm gains and biases so that
-weight processing and padding mistakes show up in the numbers.
+``ln`` is GPT-2-like (LayerNorm, absolute positions, GELU); ``rms`` is Qwen-like (RMSNorm, rotary,
+gated SiLU MLP, grouped-query attention). Both use the shipped byte tokenizer (d_vocab 257,
+BOS = EOS = PAD = 256), left padding, and randomized norm gains and biases so that weight
+processing and padding mistakes show up in the numbers. ``make_model(kind, seed=..., **overrides)``
+builds a fresh one (tests that edit weights get their own); ``small_model`` is parametrized over
+both kinds.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+
+#: The two families, as HookedTransformerConfig overrides.
+KINDS = {
+    "ln": dict(act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard"),
+    "rms": dict(act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=16,
+                gated_mlp=True, n_key_value_heads=2, default_prepend_bos=False),
+}
 
 
 def _small_model(seed: int, **overrides):
@@ -28,23 +38,33 @@ def _small_model(seed: int, **overrides):
     return model.eval()
 
 
+def build_model(kind: str, seed: int = 0, **overrides):
+    """A fresh small model of family ``kind`` (``ln`` or ``rms``)."""
+    return _small_model(seed=seed, model_name=f"test-{kind}-{seed}", **{**KINDS[kind], **overrides})
+
+
+@pytest.fixture(scope="session")
+def make_model():
+    """``make_model(kind, seed=0, **overrides)``: a fresh small model of family ``ln`` or ``rms``."""
+    return build_model
+
+
 @pytest.fixture(scope="module")
 def ln_model():
     """3 layers, LayerNorm + absolute positions + gelu_new (GPT-2 style)."""
-    return _small_model(
-        seed=1, model_name="test-ln", act_fn="gelu_new", normalization_type="LN",
-        positional_embedding_type="standard",
-    )
+    return _small_model(seed=1, model_name="test-ln", **KINDS["ln"])
 
 
 @pytest.fixture(scope="module")
 def rms_model():
     """3 layers, RMSNorm + rotary + gated SiLU MLP + GQA (4 heads, 2 KV heads; Qwen style)."""
-    return _small_model(
-        seed=2, model_name="test-rms", act_fn="silu", normalization_type="RMS",
-        positional_embedding_type="rotary", rotary_dim=16, gated_mlp=True, n_key_value_heads=2,
-        default_prepend_bos=False,
-    )
+    return _small_model(seed=2, model_name="test-rms", **KINDS["rms"])
+
+
+@pytest.fixture(params=["ln", "rms"])
+def small_model(request):
+    """Each family in turn (the module-scoped ``ln_model`` and ``rms_model``)."""
+    return request.getfixturevalue(f"{request.param}_model")
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
-from interp_tl.activations import extract, layer_hook_names, tokenize
+from interp_tl.batching import tokenize
+from interp_tl.cache import extract, layer_hook_names
 from interp_tl.models import load_model, model_provenance
 from interp_tl.prompts import generate_problems
 
@@ -29,7 +30,7 @@ for processing in ("none", "default"):
             want = states[layer][0, -1].numpy()
             if processing == "default":
                 want = want - want.mean()
-            err = float(np.abs(got[f"blocks.{layer}.hook_resid_pre"][i] - want).max() / np.abs(want).max())
+            err = float(np.abs(got[f"blocks.{layer}.hook_resid_pre"][i, 0].numpy() - want).max() / np.abs(want).max())
             worst = max(worst, err)
 assert worst < 1e-4, worst
 print(f"OK {worst:.2e}")

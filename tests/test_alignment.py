@@ -8,13 +8,10 @@ import pytest
 from seed_reference import seeds_matched_vs_scrambled_z
 
 from interp_tl import goldens
+from interp_tl.analyses.alignment import layer_alignment
+from interp_tl.cache import from_arrays, load_caches, save_caches, split_languages
 from interp_tl.errors import BadInputError, LayerRangeError, ModelNotAvailableError, ProvenanceMismatchError
-from interp_tl.studies.alignment import (
-    AlignmentConfig,
-    alignment_from_activations,
-    extract_alignment_activations,
-    run_alignment,
-)
+from interp_tl.studies.alignment import AlignmentConfig, extract_caches, prepare, run_alignment
 
 GOLDENS = Path(__file__).parent / "goldens"
 SEED_LAYER_KEYS = {"layer", "z_pre", "z_post_attn", "z_post_mlp", "dz_attn", "dz_mlp", "z_attn_correction_alone",
@@ -67,10 +64,14 @@ def _hook_dict(acts):
             for kind, name in (("pre", "resid_pre"), ("attn", "attn_out"), ("mlp", "mlp_out")) for layer in acts["pre"]}
 
 
+def alignment_from_arrays(a, b, layers, **kwargs):
+    table = layer_alignment(from_arrays(a), from_arrays(b), layers=layers, **kwargs)
+    return table.layer_results, table.summary
+
+
 def test_statistics_equal_the_seed_loop():
     acts = _synthetic()
-    rows, summary = alignment_from_activations(_hook_dict(acts["zh"]), _hook_dict(acts["en"]), [0, 1, 2],
-                                               AlignmentConfig(n_boot=0))
+    rows, summary = alignment_from_arrays(_hook_dict(acts["zh"]), _hook_dict(acts["en"]), [0, 1, 2], n_boot=0)
     ref_rows, ref_summary = seed_analysis(acts["zh"], acts["en"], [0, 1, 2])
     for got, want in zip(rows, ref_rows):
         for key, value in want.items():
@@ -82,7 +83,7 @@ def test_statistics_equal_the_seed_loop():
 
 @pytest.fixture(scope="module")
 def toy_run(toy_model):
-    return run_alignment(toy_model, AlignmentConfig(n_pairs=40, n_boot=50), keep_activations=True)
+    return run_alignment(toy_model, AlignmentConfig(n_pairs=40, n_boot=50))
 
 
 def test_result_has_the_seed_keys_and_provenance(toy_run, toy_model):
@@ -97,7 +98,8 @@ def test_result_has_the_seed_keys_and_provenance(toy_run, toy_model):
     assert SEED_SUMMARY_KEYS <= set(data["summary"])
     prov = toy_run.provenance
     assert prov["model"]["name"] == "interp-tl/toy-random" and prov["model"]["processing"] == "none"
-    assert prov["model"]["fold_ln"] is False and prov["prepend_bos"] is True and prov["bos_token_id"] == 256
+    assert prov["model"]["fold_ln"] is False and prov["prompts"]["prepend_bos"] is True
+    assert prov["prompts"]["bos_token_id"] == 256 and prov["study"] == "alignment"
     assert prov["prompts"]["seed"] == 42 and prov["prompts"]["n"] == 40 and prov["prompts"]["languages"] == ["zh", "en"]
     assert prov["layers"] == [0, 1, 2, 3] and prov["versions"]["transformer_lens"].startswith("3.")
     json.dumps(toy_run.to_dict(), allow_nan=False)
@@ -107,15 +109,21 @@ def test_residual_parts_add_up(toy_run):
     assert toy_run.data["summary"]["resid_sum_max_rel_error"] < 1e-5
 
 
-def test_saved_activations_reproduce_the_numbers(toy_run):
-    arrays, rows = toy_run.arrays, toy_run.data["layer_results"]
-    assert set(arrays) == {f"{lang}_{kind}_L{layer}" for lang in ("zh", "en") for layer in range(4)
-                           for kind in ("attn_delta", "mlp_delta", "h_pre")}
-    for row in rows:
+def test_saved_activations_reproduce_the_numbers(toy_run, toy_model, tmp_path):
+    config = AlignmentConfig(n_pairs=40, n_boot=50)
+    prompts = prepare(toy_model, config)
+    save_caches(tmp_path / "a.safetensors", extract_caches(toy_model, config, prompts), {"note": "test"})
+    caches, meta = load_caches(tmp_path / "a.safetensors", toy_model)
+    assert meta["note"] == "test" and set(caches) == {"last"}
+    by_lang = split_languages(caches["last"], ("zh", "en"))
+    for row in toy_run.data["layer_results"]:
         layer = row["layer"]
-        zh = arrays[f"zh_h_pre_L{layer}"] + arrays[f"zh_attn_delta_L{layer}"] + arrays[f"zh_mlp_delta_L{layer}"]
-        en = arrays[f"en_h_pre_L{layer}"] + arrays[f"en_attn_delta_L{layer}"] + arrays[f"en_mlp_delta_L{layer}"]
+        zh, en = (sum(c[f"blocks.{layer}.{h}"][:, 0].double().numpy() for h in ("hook_resid_pre", "hook_attn_out",
+                                                                                 "hook_mlp_out"))
+                  for c in (by_lang["zh"], by_lang["en"]))
         assert seeds_matched_vs_scrambled_z(zh, en, 500)[0] == pytest.approx(row["z_post_mlp"], abs=1e-4)
+    again = layer_alignment(by_lang["zh"], by_lang["en"], n_boot=50)
+    assert again.layer_results == toy_run.data["layer_results"]
 
 
 def test_same_seed_same_numbers(toy_model, toy_run):
@@ -127,7 +135,7 @@ def test_grouped_query_rotary_model(rms_model):
     result = run_alignment(rms_model, AlignmentConfig(n_pairs=20, n_boot=0, layers=(0, 2), langs=("en", "ja")))
     assert [r["layer"] for r in result.data["layer_results"]] == [0, 2]
     assert result.data["summary"]["resid_sum_max_rel_error"] < 1e-5
-    assert result.provenance["prepend_bos"] is False
+    assert result.provenance["prompts"]["prepend_bos"] is False
 
 
 def test_centred_processing_changes_the_numbers(toy_model):
@@ -135,10 +143,12 @@ def test_centred_processing_changes_the_numbers(toy_model):
     from interp_tl.models import load_model
 
     centred = load_model("interp-tl/toy-random", processing="default")
-    prompts, layers, raw = extract_alignment_activations(toy_model, AlignmentConfig(n_pairs=10, layers=(2,)))
-    _, _, cen = extract_alignment_activations(centred, AlignmentConfig(n_pairs=10, layers=(2,)))
-    x = raw["zh"]["blocks.2.hook_resid_post"]
-    np.testing.assert_allclose(cen["zh"]["blocks.2.hook_resid_post"], x - x.mean(-1, keepdims=True), atol=2e-4)
+    config = AlignmentConfig(n_pairs=10, layers=(2,))
+    raw = extract_caches(toy_model, config, prepare(toy_model, config))["last"]
+    cen = extract_caches(centred, config, prepare(centred, config))["last"]
+    x = raw["blocks.2.hook_resid_post"][:, 0].numpy()
+    np.testing.assert_allclose(cen["blocks.2.hook_resid_post"][:, 0].numpy(), x - x.mean(-1, keepdims=True),
+                               atol=2e-4)
     assert np.abs(x.mean(-1)).max() > 1e-2
 
 
@@ -148,11 +158,11 @@ def test_bad_input(toy_model):
     with pytest.raises(BadInputError, match="mismatched pairs"):
         acts = _synthetic()
         short = {k: v[:-1] for k, v in _hook_dict(acts["en"]).items()}
-        alignment_from_activations(_hook_dict(acts["zh"]), short, [0])
+        alignment_from_arrays(_hook_dict(acts["zh"]), short, [0])
     with pytest.raises(BadInputError, match="zero norm"):
         acts = _hook_dict(_synthetic()["zh"])
         zeroed = {**acts, "blocks.0.hook_attn_out": np.zeros_like(acts["blocks.0.hook_attn_out"])}
-        alignment_from_activations(zeroed, acts, [0])
+        alignment_from_arrays(zeroed, acts, [0])
 
 
 def _golden_check(model, path):

@@ -5,28 +5,61 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from interp_tl import report
+from interp_tl.cache import load_caches
 from interp_tl.cli import main, parse_layers
 
 FAST = ["--n-pairs", "10", "--n-boot", "0", "--n-perms", "50", "--quiet"]
 
 
-def test_alignment_writes_json_png_and_seed_npz(tmp_path, capsys):
+def test_alignment_writes_json_png_and_the_cache(tmp_path, capsys):
     assert main(["alignment", *FAST, "--out", str(tmp_path), "--save-activations", "--layers", "0-1,3"]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["alignment.json", "alignment.png", "alignment_activations.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alignment.json", "alignment.png",
+                                                         "alignment_activations.safetensors"]
     data = json.loads((tmp_path / "alignment.json").read_text("utf-8"))
     assert [r["layer"] for r in data["layer_results"]] == [0, 1, 3]
     prov = data["provenance"]
     assert prov["model"]["processing"] == "none" and prov["prompts"]["n"] == 10 and prov["config"]["n_perms"] == 50
-    with np.load(tmp_path / "alignment_activations.npz", allow_pickle=False) as npz:
-        assert set(npz.files) == {f"{lang}_{kind}_L{layer}" for lang in ("zh", "en") for layer in (0, 1, 3)
-                                  for kind in ("attn_delta", "mlp_delta", "h_pre")}
-        assert npz["zh_h_pre_L3"].shape == (10, 128)
+    caches, meta = load_caches(tmp_path / "alignment_activations.safetensors")
+    assert meta["study"] == "alignment" and meta["prompts"]["n"] == 10
+    assert meta["model"]["weights_fingerprint"] == prov["model"]["weights_fingerprint"]
+    assert caches["last"]["blocks.3.hook_resid_pre"].shape == (20, 1, 128)  # zh then en, last token
     assert (tmp_path / "alignment.png").read_bytes()[:4] == b"\x89PNG"
     assert "alignment: max z_post_mlp" in capsys.readouterr().out
+    # the saved cache gives the same numbers without running the model
+    again = tmp_path / "again"
+    assert main(["alignment", *FAST, "--out", str(again), "--layers", "0-1,3", "--from-activations",
+                 str(tmp_path / "alignment_activations.safetensors")]) == 0
+    redo = json.loads((again / "alignment.json").read_text("utf-8"))
+    assert redo["layer_results"] == data["layer_results"] and redo["head_shares"] == data["head_shares"]
+
+
+def test_from_activations_refuses_other_prompts_models_and_tampering(tmp_path, capsys):
+    saved = tmp_path / "alignment_activations.safetensors"
+    assert main(["alignment", *FAST, "--out", str(tmp_path), "--save-activations", "--layers", "1"]) == 0
+    capsys.readouterr()
+    cases = [
+        (["--n-pairs", "15"], "other prompts"),
+        (["--model", "interp-tl/toy-random"], "not the same model"),
+        (["--processing", "default"], "not the same model"),
+    ]
+    for extra, message in cases:
+        assert main(["alignment", *FAST, "--out", str(tmp_path / "x"), "--layers", "1", "--from-activations",
+                     str(saved), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (extra, err)
+    tampered = bytearray(saved.read_bytes())
+    tampered[-5] ^= 0xFF  # a byte of the last tensor
+    (tmp_path / "t.safetensors").write_bytes(bytes(tampered))
+    assert main(["alignment", *FAST, "--out", str(tmp_path / "y"), "--layers", "1", "--from-activations",
+                 str(tmp_path / "t.safetensors")]) == 2
+    assert "changed after it was written" in capsys.readouterr().err
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    assert main(["alignment", *FAST, "--out", str(tmp_path / "z"), "--from-activations",
+                 str(tmp_path / "junk.safetensors")]) == 2
+    assert "cannot read activations file" in capsys.readouterr().err
 
 
 def test_all_writes_every_study_and_an_index(tmp_path):
@@ -39,7 +72,9 @@ def test_all_writes_every_study_and_an_index(tmp_path):
     assert [s["study"] for s in index["studies"]] == ["alignment", "embedding", "surgery", "layers", "jacobian",
                                                      "heads"]
     surgery = json.loads((tmp_path / "run" / "surgery.json").read_text("utf-8"))
-    assert surgery["provenance"]["prompts"]["fit"]["n"] == 10
+    assert surgery["provenance"]["prompts"]["n"] == 10 and [r["lang"] for r in surgery["baseline"]] == ["es", "ar"]
+    jacobian = json.loads((tmp_path / "run" / "jacobian.json").read_text("utf-8"))
+    assert jacobian["provenance"]["sequences"]["languages"] == ["es", "ar"]
     assert json.loads((tmp_path / "run" / "embedding.json").read_text("utf-8"))["languages"] == ["es", "ar"]
 
 
@@ -60,10 +95,10 @@ def _exit_code(argv):
     (["alignment", "--langs", "en", "en"], "languages repeat"),
     (["surgery", "--alpha", "1.5"], "alpha must be in [0, 1]"),
     (["surgery", "--k", "128"], "must be between 1 and d_model - 1 = 127"),
-    (["surgery", "--fit-n", "10", "--fit-langs", "zh", "en", "--k", "11"], "above the rank 10"),
+    (["surgery", "--n-pairs", "10", "--langs", "zh", "en", "--k", "11"], "above the rank 10"),
     (["surgery", "--layers", "4"], "layer 4 is out of range"),
-    (["surgery", "--eval-langs", "zh", "xx"], "unknown language 'xx'"),
-    (["surgery", "--fit-langs", "zh"], "at least two fit languages"),
+    (["surgery", "--langs", "zh", "xx"], "unknown language 'xx'"),
+    (["surgery", "--langs", "zh"], "at least two languages"),
     (["layers", "--layers", "3"], "the block needs at least two layers"),
     (["layers", "--layers", "2-4"], "layer 4 is out of range"),
     (["jacobian", "--text", "/nonexistent/file.txt"], "cannot read text file"),
@@ -93,7 +128,11 @@ def test_no_partial_files_when_rendering_fails(tmp_path, toy_model, monkeypatch)
     def broken(_):
         raise RuntimeError("plot failed")
 
-    monkeypatch.setitem(report.PLOTS, "alignment", broken)
+    from dataclasses import replace
+
+    from interp_tl.studies import STUDIES
+
+    monkeypatch.setitem(STUDIES, "alignment", replace(STUDIES["alignment"], plot=broken))
     with pytest.raises(RuntimeError):
         report.write_result(result, tmp_path)
     assert list(tmp_path.iterdir()) == []

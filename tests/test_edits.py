@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import _small_model
 
-from interp_tl.activations import extract, tokenize
+from interp_tl.batching import tokenize
+from interp_tl.cache import extract
 from interp_tl.edits import (
     Basis,
     basis_for,
@@ -29,15 +29,17 @@ from interp_tl.stats import language_subspace
 
 PROBLEMS = generate_problems(10, seed=3)
 TEXTS = [p.prompts[lang] for p in PROBLEMS[:3] for lang in ("zh", "en", "ar")]
-LN = dict(seed=11, model_name="edit-ln", act_fn="gelu_new", normalization_type="LN")
-RMS = dict(seed=12, model_name="edit-rms", act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
-           rotary_dim=16, gated_mlp=True, n_key_value_heads=2, default_prepend_bos=False)
+LN, RMS = "ln", "rms"
 
 
-def _model(kind: dict, processing: str):
-    model = _small_model(**kind)
-    process_weights(model, processing)
-    return model
+@pytest.fixture
+def _model(make_model):
+    def build(kind: str, processing: str):
+        model = make_model(kind, seed=11 if kind == "ln" else 12)
+        process_weights(model, processing)
+        return model
+
+    return build
 
 
 def _random_basis(d: int, k: int, seed: int, residual: str = "raw") -> Basis:
@@ -57,9 +59,9 @@ def _tokens(model):
 # The edit equals the hook
 
 
-@pytest.mark.parametrize("kind", [LN, RMS], ids=["ln", "rms"])
+@pytest.mark.parametrize("kind", [LN, RMS])
 @pytest.mark.parametrize("processing", ["none", "fold_ln", "default"])
-def test_weight_edit_equals_projection_hook(kind, processing):
+def test_weight_edit_equals_projection_hook(_model, kind, processing):
     model = _model(kind, processing)
     tokens = _tokens(model)
     bases = {0: _random_basis(64, 3, 0, residual_basis(model)), 2: _random_basis(64, 5, 1, residual_basis(model))}
@@ -71,7 +73,7 @@ def test_weight_edit_equals_projection_hook(kind, processing):
     assert (edited - plain).abs().max() > 1e-2  # the edit does something
 
 
-def test_residual_basis_is_read_from_the_weights():
+def test_residual_basis_is_read_from_the_weights(_model):
     assert residual_basis(_model(LN, "none")) == residual_basis(_model(LN, "fold_ln")) == "raw"
     assert residual_basis(_model(LN, "default")) == "centred"
     assert residual_basis(_model(RMS, "default")) == "raw"  # TransformerLens never centres RMS models
@@ -87,7 +89,7 @@ def polyglot_pair():
 
 def _fitted_basis(model, layer: int, k: int = 4) -> Basis:
     hook = f"blocks.{layer}.hook_resid_post"
-    acts = np.stack([extract(model, tokenize(model, [p.prompts[lang] for p in PROBLEMS]), [hook])[hook]
+    acts = np.stack([extract(model, tokenize(model, [p.prompts[lang] for p in PROBLEMS]), [hook])[hook][:, 0].numpy()
                      for lang in languages()], axis=1)
     return Basis(language_subspace(acts, k=k).axes, residual_basis(model))
 
@@ -147,7 +149,7 @@ def _state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_restore_is_bit_exact_also_after_an_exception():
+def test_restore_is_bit_exact_also_after_an_exception(_model):
     model = _model(LN, "default")
     before = _state(model)
     basis = _random_basis(64, 4, 2, "centred")
@@ -159,7 +161,7 @@ def test_restore_is_bit_exact_also_after_an_exception():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
-def test_in_place_edit_is_idempotent_at_full_strength():
+def test_in_place_edit_is_idempotent_at_full_strength(_model):
     model = _model(RMS, "none")
     basis = _random_basis(64, 3, 4)
     project_mlp_writes_(model, [1], basis)

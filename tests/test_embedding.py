@@ -6,15 +6,37 @@ import torch
 from seed_reference import seeds_matched_vs_scrambled_z as seed_z
 from sklearn.decomposition import PCA
 
-from interp_tl.studies.embedding import EmbeddingConfig, run_embedding
+from interp_tl.cache import split_languages
+from interp_tl.studies.embedding import EmbeddingConfig, analyse, extract_caches, prepare, run_embedding
 
 SEED_KEYS = {"z_raw_embed_last_token", "z_raw_embed_mean_no_bos", "z_l0_output_last_token", "delta_l0_minus_embed",
              "embedding_pca_varexp", "embedding_cohen_d_pc0"}
 
 
+NAMES = {"hook_embed": "embed", "hook_pos_embed": "pos_embed", "blocks.0.hook_resid_pre": "l0_input",
+         "blocks.0.hook_resid_post": "l0_output"}
+
+
+class Run:
+    """The study's result and the arrays of the caches it analysed (``{lang}_{name}_{last|mean}``)."""
+
+    def __init__(self, model, config):
+        prompts = prepare(model, config)
+        caches = extract_caches(model, config, prompts)
+        self.data = analyse(model, config, prompts, caches).data
+        self.arrays = {}
+        for reduce in ("last", "mean"):
+            for lang, cache in split_languages(caches[reduce], prompts.langs).items():
+                for hook, value in cache.cache_dict.items():
+                    self.arrays[f"{lang}_{NAMES[hook]}_{reduce}"] = value[:, 0].numpy()
+
+
 @pytest.fixture(scope="module")
 def ln_run(ln_model):
-    return run_embedding(ln_model, EmbeddingConfig(n_pairs=20, n_boot=0, n_token_problems=5), keep_activations=True)
+    config = EmbeddingConfig(n_pairs=20, n_boot=0, n_token_problems=5)
+    run = Run(ln_model, config)
+    assert run.data == run_embedding(ln_model, config).data
+    return run
 
 
 def test_seed_fields_equal_the_seed_formulas(ln_run):
@@ -78,4 +100,4 @@ def test_rotary_model_has_no_position_variant(rms_model):
     assert not data["has_pos_embed"] and set(data["variants"]) == {"embed"}
     assert data["token_diagnostics"]["embed"]["bos_cos"] is None  # no BOS prepended
     assert data["embed_pos_equals_resid_pre_max_abs_error"] < 1e-6  # resid_pre of block 0 is the token embedding
-    assert result.provenance["prepend_bos"] is False
+    assert result.provenance["prompts"]["prepend_bos"] is False

@@ -8,19 +8,29 @@ import json
 import numpy as np
 import pytest
 
-from interp_tl.activations import extract
+from interp_tl.analyses.shares import decomposition, split_gap
+from interp_tl.batching import parallel_prompts
+from interp_tl.cache import extract
 from interp_tl.cli import main
 from interp_tl.errors import BadInputError
-from interp_tl.studies.common import parallel_prompts
 from interp_tl.studies.heads import (
     HeadsConfig,
     ablation_effect,
-    alignment_shares,
     attention_stats,
     head_report,
     run_heads,
-    writer_parts,
 )
+
+
+def writer_parts(model, tokens, layer):
+    """TransformerLens' decomposition of ``blocks.{layer}.hook_resid_post`` from an extracted cache."""
+    from interp_tl.analyses.shares import hook_names
+
+    return decomposition(extract(model, tokens, hook_names(model, layer)), layer)
+
+
+def alignment_shares(parts_a, parts_b, n_perms=200, seed=42):
+    return split_gap(parts_a, parts_b, n_perms=n_perms, seed=seed)
 
 
 @pytest.mark.parametrize("fixture", ["ln_model", "rms_model"])
@@ -30,8 +40,9 @@ def test_writers_add_up_to_the_residual(request, fixture):
     names, parts, resid = writer_parts(model, tokens, 2)
     scale = np.abs(resid).max()
     np.testing.assert_allclose(parts.sum(0), resid, rtol=0, atol=2e-5 * scale)
-    assert names[0] == "embed" and ("pos_embed" in names) == (fixture == "ln_model")
-    assert sum(".H" in n for n in names) == 3 * model.cfg.n_heads
+    assert names[-1] == "bias" and ("pos_embed" in names) == (fixture == "ln_model")
+    assert names[: 3 * model.cfg.n_heads] == [f"L{i}H{h}" for i in range(3) for h in range(model.cfg.n_heads)]
+    assert names[3 * model.cfg.n_heads: 3 * model.cfg.n_heads + 3] == ["0_mlp_out", "1_mlp_out", "2_mlp_out"]
 
 
 def test_shares_equal_the_symmetrized_double_sum():
@@ -70,11 +81,11 @@ def test_zero_ablation_removes_exactly_the_heads_part(ln_model):
 
     # the attention write of layer 1 loses exactly the head's part (the MLP after it then reads something else)
     hook = "blocks.1.hook_resid_mid"
-    intact = extract(ln_model, tokens, [hook])[hook]
-    ablated = extract(ln_model, tokens, [hook], fwd_hooks=[("blocks.1.attn.hook_z", zero)])[hook]
-    expected = intact - parts[names.index("L1.H2")]
+    intact = extract(ln_model, tokens, [hook])[hook][:, 0].numpy()
+    ablated = extract(ln_model, tokens, [hook], fwd_hooks=[("blocks.1.attn.hook_z", zero)])[hook][:, 0].numpy()
+    expected = intact - parts[names.index("L1H2")]
     np.testing.assert_allclose(ablated, expected, rtol=0, atol=2e-5 * np.abs(intact).max())
-    assert np.abs(parts[names.index("L1.H2")]).max() > 1e-2
+    assert np.abs(parts[names.index("L1H2")]).max() > 1e-2
     effect = ablation_effect(ln_model, prompts, 1, 2, "zero", n_perms=20)
     assert effect["layers"] == [1, 2] and len(effect["delta_z"]) == 2
     assert effect["intact"] != effect["ablated"]
@@ -110,11 +121,12 @@ def test_attention_mass_by_class_sums_to_one(polyglot_model):
 
 def test_head_report_and_cli(polyglot_model, tmp_path, capsys):
     report = head_report(polyglot_model, "2.1", HeadsConfig(n_pairs=10, n_perms=20))
-    assert report["head"] == "L2.H1" and set(report["neighbours"]) == {"L1", "L3"}
+    assert report["head"] == "L2H1" and set(report["neighbours"]) == {"L1", "L3"}
     assert {"share", "ablation", "attention", "jacobian"} <= set(report)
     assert main(["head", "0.3", "--n-pairs", "10", "--n-perms", "20", "--quiet", "--out", str(tmp_path)]) == 0
-    assert "head L0.H3:" in capsys.readouterr().out
-    assert json.loads((tmp_path / "head_L0.H3.json").read_text("utf-8"))["head"] == "L0.H3"
+    assert "head L0H3:" in capsys.readouterr().out
+    written = json.loads((tmp_path / "head_L0H3.json").read_text("utf-8"))
+    assert written["head"] == "L0H3" and written["provenance"]["model"]["name"] == "interp-tl/polyglot-toy"
     assert main(["head", "0.x", "--out", str(tmp_path / "bad")]) == 2
     assert "a head is written L.H" in capsys.readouterr().err
 

@@ -9,34 +9,32 @@ import types
 import numpy as np
 import pytest
 import torch
-from conftest import _small_model
 
+from interp_tl.analyses.jacobian import attention_jacobian, pattern_gradients, softmax_backward, surrogate_gradients
+from interp_tl.batching import Tokenized, batches
 from interp_tl.errors import BadInputError
-from interp_tl.studies.jacobian import (
-    JacobianConfig,
-    _batch,
-    head_jacobian,
-    pattern_gradients,
-    run_jacobian,
-    softmax_backward,
-    weight_gradients,
-)
+from interp_tl.studies.jacobian import JacobianConfig, head_jacobian, run_jacobian
 
-LN = dict(seed=41, model_name="jac-ln", act_fn="gelu_new", normalization_type="LN")
-RMS = dict(seed=42, model_name="jac-rms", act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
-           rotary_dim=16, gated_mlp=True, n_key_value_heads=2, default_prepend_bos=False)
 TEXTS = ["Calculate 12 + 30. 42", "计算 12 + 30 的值。 42", "C(7, 6) 의 값을 구하시오. 7", "x"]
 
 
-def _tokens(model, texts=TEXTS):
+def _batch(model, texts=TEXTS):
+    """One left-padded, masked batch of the texts (BOS prepended), as every loop of the package makes them."""
     ids = [[256] + model.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    return _batch(ids, 256, "cpu")
+    (batch,) = batches(model, Tokenized(ids, True, 256, None), batch_size=len(ids))
+    return batch
 
 
-@pytest.mark.parametrize("kind", [LN, RMS], ids=["ln", "rms-gqa"])
-def test_closed_form_equals_autograd_at_the_scores(kind):
-    model = _small_model(**kind)
-    toks, real = _tokens(model)
+def _pairs(cache, model):
+    return {layer: (cache[f"blocks.{layer}.attn.hook_pattern"], cache[f"blocks.{layer}.attn.hook_pattern_grad"])
+            for layer in range(model.cfg.n_layers)}
+
+
+@pytest.mark.parametrize("kind", ["ln", "rms"])
+def test_closed_form_equals_autograd_at_the_scores(make_model, kind):
+    model = make_model(kind, seed=41)
+    batch = _batch(model)
+    assert (batch.attention_mask == 0).any()  # the batch is padded
     scores_grad = {}
 
     def bwd(grad, hook):
@@ -44,21 +42,21 @@ def test_closed_form_equals_autograd_at_the_scores(kind):
 
     names = [f"blocks.{i}.attn.hook_attn_scores" for i in range(model.cfg.n_layers)]
     with model.hooks(bwd_hooks=[(n, bwd) for n in names]):
-        pairs, _ = pattern_gradients(model, toks, real)
-    for layer, (pattern, grad) in pairs.items():
+        cache, _ = pattern_gradients(model, batch)
+    for layer, (pattern, grad) in _pairs(cache, model).items():
         closed = softmax_backward(pattern, grad, "full")
         finite = torch.isfinite(scores_grad[layer])
         torch.testing.assert_close(closed[finite], scores_grad[layer][finite], rtol=1e-4, atol=1e-7)
         assert closed.abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("kind", [LN, RMS], ids=["ln", "rms-gqa"])
-def test_surrogate_with_the_full_backward_is_autograd(kind):
-    model = _small_model(**kind)
-    toks, real = _tokens(model)
-    _, true = pattern_gradients(model, toks, real)
-    full = weight_gradients(model, toks, real, "full")
-    diag = weight_gradients(model, toks, real, "diag")
+@pytest.mark.parametrize("kind", ["ln", "rms"])
+def test_surrogate_with_the_full_backward_is_autograd(make_model, kind):
+    model = make_model(kind, seed=41)
+    batch = _batch(model)
+    _, true = pattern_gradients(model, batch)
+    full = surrogate_gradients(model, batch, "full")
+    diag = surrogate_gradients(model, batch, "diag")
     for layer in true:
         torch.testing.assert_close(full[layer], true[layer], rtol=1e-4, atol=1e-7)
         assert torch.nn.functional.cosine_similarity(diag[layer], true[layer], dim=0) < 0.9999
@@ -81,14 +79,17 @@ def _seed_stats(pattern, grad):
     return out
 
 
-def test_one_sequence_matches_the_seed_except_the_masked_entries(tmp_path):
-    model = _small_model(**LN)
+def test_one_sequence_matches_the_seed_except_the_masked_entries(make_model, tmp_path):
+    model = make_model("ln", seed=41)
     text = tmp_path / "one.txt"
     text.write_text(TEXTS[0], "utf-8")
     result = run_jacobian(model, JacobianConfig(text_file=str(text), weight_gradients=False))
-    toks, real = _tokens(model, TEXTS[:1])
+    batch = _batch(model, TEXTS[:1])
     layer = 1
-    pattern, grad = pattern_gradients(model, toks, real)[0][layer]
+    cache, _ = pattern_gradients(model, batch)
+    pattern, grad = _pairs(cache, model)[layer]
+    # the cache analysis (what run_with_cache(..., incl_bwd=True) gives a user) is the study's analysis
+    assert attention_jacobian(cache, batch.attention_mask)["r_diag"] == result.data["layers"]["r_diag"]
     seed = _seed_stats(pattern, grad)
     for h, ref in enumerate(seed):
         ours = head_jacobian(result, layer, h)
@@ -103,8 +104,8 @@ def test_one_sequence_matches_the_seed_except_the_masked_entries(tmp_path):
     assert abs(head_jacobian(result, layer, 0)["cos_ste"] - seed[0]["cos_ste"]) > 1e-3
 
 
-def test_numbers_do_not_depend_on_batching(tmp_path):
-    model = _small_model(**RMS)
+def test_numbers_do_not_depend_on_batching(make_model, tmp_path):
+    model = make_model("rms", seed=42)
     text = tmp_path / "many.txt"
     text.write_text("\n".join(TEXTS[:3] * 2), "utf-8")
     one = run_jacobian(model, JacobianConfig(text_file=str(text), batch_size=1)).data
@@ -116,7 +117,7 @@ def test_numbers_do_not_depend_on_batching(tmp_path):
 
 
 def test_strata_cover_every_real_row(polyglot_model):
-    result = run_jacobian(polyglot_model, JacobianConfig(n_problems=5, jacobian_langs=("zh", "en")))
+    result = run_jacobian(polyglot_model, JacobianConfig(n_problems=5, langs=("zh", "en")))
     data = result.data
     rows = sum(v["rows"] for v in data["strata"]["entropy"]["0"].values())
     assert rows == sum(v["rows"] for v in data["strata"]["sink"]["0"].values())
@@ -134,7 +135,7 @@ def test_bad_input(tmp_path, ln_model):
         run_jacobian(ln_model, JacobianConfig(text_file=str(empty)))
     long = tmp_path / "long.txt"
     long.write_text("a" * 300, "utf-8")
-    with pytest.raises(BadInputError, match="more than the context of 256"):
+    with pytest.raises(BadInputError, match="more than the model.s context of 256"):
         run_jacobian(ln_model, JacobianConfig(text_file=str(long)))
     with pytest.raises(BadInputError, match="no attn.hook_pattern"):
         run_jacobian(types.SimpleNamespace(hook_dict={}, cfg=ln_model.cfg), JacobianConfig())

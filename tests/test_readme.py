@@ -8,4 +8,4 @@ def test_readme_python_example_runs(capsys):
     code = text.split("```python\n", 1)[1].split("```", 1)[0]
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
-    assert "AlignmentZ(z=" in out
+    assert "layer    z_pre" in out and "gap" in out

@@ -17,14 +17,25 @@ from interp_tl.prompts import seed_test_problems
 from interp_tl.studies.surgery import (
     SurgeryConfig,
     default_layers,
-    fit_activations,
+    extract_caches,
     mcnemar,
+    prepare,
     random_bases,
     run_surgery,
 )
 
-SMALL = SurgeryConfig(layers=(1, 2), k=3, fit_n=20, eval_langs=("zh", "en", "sw"), eval_per_category=2,
+SMALL = SurgeryConfig(layers=(1, 2), k=3, n_pairs=20, langs=("zh", "en", "sw"), eval_per_category=2,
                       sweep_k=(1, 3), sweep_alpha=(1.0,), loss_n=5)
+
+
+def fit_activations(model, config, layers):
+    """Per layer the fit hook's last-token activations ``[n_pairs, n_langs, d_model]`` (the study's cache)."""
+    from interp_tl.analyses.subspace import stacked
+    from interp_tl.cache import split_languages
+
+    prompts = prepare(model, config)
+    by_lang = split_languages(extract_caches(model, config, prompts)["fit"], prompts.langs)
+    return {layer: stacked(by_lang, f"blocks.{layer}.{config.fit_hook}") for layer in layers}
 SEED_LAYER_KEYS = {"lang", "label", "correct", "total", "accuracy", "mean_fat", "outputs", "lang_preservation"}
 
 
@@ -51,9 +62,8 @@ def test_seed_fields_and_provenance(small_run):
     assert {(s["k"], s["subspace"]) for s in data["sweep"]} == {(k, s) for k in (1, 3) for s in ("language", "random")}
     prov = small_run.provenance
     assert prov["model"]["name"] == POLYGLOT_MODEL and prov["layers"] == [1, 2]
-    assert prov["prompts"]["fit"] == {"name": "parallel-math-7", "n": 20, "seed": 42,
-                                      "languages": ["zh", "en", "es", "ar", "ja", "ko", "sw"],
-                                      "hook": "hook_resid_post"}
+    assert {k: prov["prompts"][k] for k in ("name", "n", "seed", "languages", "hook")} == {
+        "name": "parallel-math-7", "n": 20, "seed": 42, "languages": ["zh", "en", "sw"], "hook": "hook_resid_post"}
     json.dumps(small_run.to_dict())  # JSON-ready
 
 
@@ -74,7 +84,7 @@ def test_surgery_equals_generation_with_the_projection_hook(polyglot_model, smal
 
 
 def test_alpha_zero_is_the_baseline(polyglot_model):
-    config = SurgeryConfig(layers=(1,), k=2, alpha=0.0, fit_n=10, eval_langs=("ja",), eval_per_category=2,
+    config = SurgeryConfig(layers=(1,), k=2, alpha=0.0, n_pairs=10, langs=("ja", "ko"), eval_per_category=2,
                            sweep_k=(2,), sweep_alpha=(0.0,), loss_n=5)
     data = run_surgery(polyglot_model, config).data
     assert data["surgery"][0]["outputs"] == data["baseline"][0]["outputs"]
@@ -128,9 +138,9 @@ def test_random_control_bases_are_orthonormal_in_the_models_basis(polyglot_model
     ({"sweep_alpha": (2.0,)}, BadInputError, r"alpha must be in \[0, 1\]"),
     ({"k": 128}, BadInputError, "d_model - 1 = 127"),
     ({"layers": (4,)}, LayerRangeError, "out of range"),
-    ({"fit_langs": ("zh",)}, BadInputError, "at least two fit languages"),
-    ({"fit_langs": ("zh", "fr")}, Exception, "unknown language 'fr'"),
-    ({"fit_n": 5, "fit_langs": ("zh", "en"), "k": 6}, BadInputError, "above the rank 5"),
+    ({"langs": ("zh",)}, BadInputError, "at least two languages"),
+    ({"langs": ("zh", "fr")}, Exception, "unknown language 'fr'"),
+    ({"n_pairs": 5, "langs": ("zh", "en"), "k": 6}, BadInputError, "above the rank 5"),
 ])
 def test_bad_config(polyglot_model, changes, error, message):
     from dataclasses import replace
@@ -174,7 +184,7 @@ def test_k_by_the_variance_rule(polyglot_model):
 
     from interp_tl.stats import language_subspace
 
-    config = replace(SMALL, min_variance=0.3, sweep_k=(1,), eval_langs=("en",), eval_per_category=1)
+    config = replace(SMALL, min_variance=0.3, sweep_k=(1,), langs=("en", "zh"), eval_per_category=1)
     data = run_surgery(polyglot_model, config).data
     acts = fit_activations(polyglot_model, config, [1, 2])
     expected = {str(layer): language_subspace(a, min_variance=0.3).k for layer, a in acts.items()}

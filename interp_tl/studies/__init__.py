@@ -1,31 +1,30 @@
-"""One module per study; each composes prompts -> activations -> statistics into a StudyResult.
+"""The studies: one module each, each ending with one :class:`~interp_tl.studies.base.Study` record.
 
-To add a study: write ``studies/<name>.py`` with a frozen ``<Name>Config`` dataclass and
-``run_<name>(model, config, progress=False, keep_activations=False) -> StudyResult``, register
-it in :data:`STUDIES`, add its plot to ``interp_tl/report.py`` and its flags to ``interp_tl/cli.py``.
+To add a study: write ``studies/<name>.py`` with a frozen config dataclass (its ``Attributes:``
+docstring is the CLI's help), ``run``, ``plot``, ``headline`` and a ``STUDY`` record, and list it
+in :data:`STUDIES`. The CLI, ``interp-tl all``, the report and the index read everything else from
+the record.
 """
 
 from __future__ import annotations
 
+from interp_tl.studies import alignment, embedding, heads, jacobian, layers, surgery
 from interp_tl.studies.alignment import AlignmentConfig, run_alignment
-from interp_tl.studies.common import StudyResult
+from interp_tl.studies.base import Study
 from interp_tl.studies.embedding import EmbeddingConfig, run_embedding
-from interp_tl.studies.heads import HeadsConfig, run_heads
+from interp_tl.studies.heads import HeadsConfig, head_report, run_heads
 from interp_tl.studies.jacobian import JacobianConfig, run_jacobian
 from interp_tl.studies.layers import LayersConfig, run_layers
 from interp_tl.studies.surgery import SurgeryConfig, run_surgery
 
-#: name -> (config class, run function), in the order ``interp-tl all`` runs them.
-STUDIES = {
-    "alignment": (AlignmentConfig, run_alignment),
-    "embedding": (EmbeddingConfig, run_embedding),
-    "surgery": (SurgeryConfig, run_surgery),
-    "layers": (LayersConfig, run_layers),
-    "jacobian": (JacobianConfig, run_jacobian),
-    "heads": (HeadsConfig, run_heads),
+#: name -> record, in the order ``interp-tl all`` runs them.
+STUDIES: dict[str, Study] = {
+    record.name: record
+    for record in (alignment.STUDY, embedding.STUDY, surgery.STUDY, layers.STUDY, jacobian.STUDY, heads.STUDY)
 }
 
 __all__ = [
-    "STUDIES", "AlignmentConfig", "EmbeddingConfig", "HeadsConfig", "JacobianConfig", "LayersConfig", "StudyResult",
-    "SurgeryConfig", "run_alignment", "run_embedding", "run_heads", "run_jacobian", "run_layers", "run_surgery",
+    "STUDIES", "AlignmentConfig", "EmbeddingConfig", "HeadsConfig", "JacobianConfig", "LayersConfig", "Study",
+    "SurgeryConfig", "head_report", "run_alignment", "run_embedding", "run_heads", "run_jacobian", "run_layers",
+    "run_surgery",
 ]

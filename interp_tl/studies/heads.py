@@ -1,70 +1,71 @@
-"""Which heads carry the cross-lingual alignment: an additive per-writer split, ablations, one head at a time.
+"""Which heads carry the cross-lingual alignment: the additive per-writer split, ablations, one head at a time.
 
-**Additive split.** At layer L the last-token residual ``x = blocks.L.hook_resid_post`` is a sum of
-writers: ``hook_embed``, ``hook_pos_embed`` (absolute positions), every head of every layer up
-to L (``hook_z[h] @ W_O[h]``), every ``b_O`` and every ``hook_mlp_out`` (checked: the parts add
-back to the residual). The alignment gap the studies use, on unit-scaled residuals
-``u_i = x_i / |x_i|`` (language a) and ``v_j`` (language b), is
+**Split.** :func:`interp_tl.analyses.shares.writer_shares` splits the alignment gap of the last-token
+residual after a layer over TransformerLens' decomposition (every head, every MLP, the embeddings,
+the attention biases); the shares add up to the gap exactly, and each has a null band from random
+pairings.
 
-    T = mean_i u_i·v_i − mean_ij u_i·v_j    (matched minus the exact permutation-null mean),
+**Causal check.** Ablating a head (``zero`` or ``mean``: its ``hook_z`` replaced by zeros or by its
+mean over all real positions of the prompts) and reporting the change of the alignment z at every
+layer from the head's on.
 
-bilinear in (u, v). Splitting u and v over their writers (each part scaled by the whole
-residual's norm) and sharing each cross term half-half between its two writers gives
-``share(c) = ½ [T(u^c, v) + T(u, v^c)]``, which sums to T exactly (tested). The seeds' Δz per
-sublayer does not add up; these shares do.
-
-**Uncertainty.** Each share's permutation band: the same share under random pairings
-(``n_perms``, seed 42), its 2.5–97.5% interval and the share's z against it.
-
-**Causal check.** Ablating a head (``zero`` or ``mean``: its ``hook_z`` replaced by zeros or by
-its mean over all real positions of the prompts) and reporting the change of the alignment z
-at every layer from the head's on.
+**One head** (:func:`head_report`, ``interp-tl head L.H``): its share, its ablation, where its last
+token looks by token class, its attention-Jacobian numbers and its nearest heads in the adjacent
+layers (per-head W_QK / W_OV distances).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from interp_tl import stats
-from interp_tl.activations import _left_pad, extract, length_sorted_batches
+from interp_tl.analyses import shares as writer
+from interp_tl.analyses.jacobian import jacobian_statistics
+from interp_tl.batching import ParallelPrompts, batches, parallel_prompts, tokenize
+from interp_tl.cache import extract, split_languages
 from interp_tl.errors import BadInputError, LayerRangeError
-from interp_tl.studies.common import ParallelPrompts, StudyResult, parallel_prompts, run_provenance
+from interp_tl.figures import figure, layer_head_heatmap
+from interp_tl.results import StudyResult
+from interp_tl.studies.base import PromptSettings, Study, check_int, study_provenance
 
 Ablation = Literal["zero", "mean"]
 
 
-@dataclass(frozen=True)
-class HeadsConfig:
+@dataclass(frozen=True, kw_only=True)
+class HeadsConfig(PromptSettings):
     """Settings of the per-head study.
 
     Attributes:
-        n_pairs: problems per language.
-        langs: the two languages.
-        seed: problem-set seed.
         layer: residual layer whose alignment is split (None: the last layer).
-        n_perms: random pairings for each share's permutation band.
+        n_perms: random pairings for each share's null band.
+        perm_seed: RandomState seed of the pairings.
         top: heads checked by ablation (largest shares).
-        ablation: ``zero`` or ``mean``.
-        batch_size: prompts per forward pass.
-        prepend_bos: put BOS before each prompt (None: the model's default).
+        ablation: zero or mean.
     """
 
-    n_pairs: int = 200
-    langs: tuple[str, str] = ("zh", "en")
-    seed: int = 42
     layer: int | None = None
     n_perms: int = 200
+    perm_seed: int = 42
     top: int = 3
     ablation: Ablation = "mean"
-    batch_size: int = 32
-    prepend_bos: bool | None = None
+
+    def __post_init__(self) -> None:
+        check_int(self.n_perms, "n_perms", 2)
+        check_int(self.perm_seed, "perm_seed", 0)
+        check_int(self.top, "top", 0)
+        if self.layer is not None:
+            check_int(self.layer, "layer", 0)
+        if self.ablation not in ("zero", "mean"):
+            raise BadInputError(f"unknown ablation {self.ablation!r}: zero or mean")
+        super().__post_init__()
 
 
-def _layer(model, layer: int | None) -> int:
+def split_layer(model, layer: int | None) -> int:
+    """The residual layer to split: ``layer``, or the last one; :class:`LayerRangeError` outside the model."""
     n = model.cfg.n_layers
     layer = n - 1 if layer is None else int(layer)
     if not 0 <= layer < n:
@@ -72,96 +73,28 @@ def _layer(model, layer: int | None) -> int:
     return layer
 
 
-def writer_parts(model, tokens, layer: int, batch_size: int = 32) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Last-token writers of ``blocks.{layer}.hook_resid_post``: names, ``[n_writers, n, d_model]``, residual."""
-    layers = range(layer + 1)
-    hooks = ["hook_embed", f"blocks.{layer}.hook_resid_post"]
-    has_pos = model.cfg.positional_embedding_type == "standard"
-    if has_pos:
-        hooks.append("hook_pos_embed")
-    hooks += [f"blocks.{i}.attn.hook_z" for i in layers] + [f"blocks.{i}.hook_mlp_out" for i in layers]
-    acts = extract(model, tokens, hooks, batch_size)
-    names, parts = ["embed"], [acts["hook_embed"]]
-    if has_pos:
-        names.append("pos_embed")
-        parts.append(acts["hook_pos_embed"])
-    for i in layers:
-        w_o = model.blocks[i].attn.W_O.detach().float().cpu().numpy()  # [n_heads, d_head, d_model]
-        per_head = np.einsum("nhk,hkd->hnd", acts[f"blocks.{i}.attn.hook_z"], w_o)
-        names += [f"L{i}.H{h}" for h in range(model.cfg.n_heads)]
-        parts += list(per_head)
-        names.append(f"L{i}.b_O")
-        parts.append(np.broadcast_to(model.blocks[i].attn.b_O.detach().float().cpu().numpy(), per_head.shape[1:]))
-        names.append(f"L{i}.mlp")
-        parts.append(acts[f"blocks.{i}.hook_mlp_out"])
-    return names, np.stack(parts).astype(np.float64), acts[f"blocks.{layer}.hook_resid_post"].astype(np.float64)
+def prepare(model, config: HeadsConfig) -> ParallelPrompts:
+    """The problem set in the config's two languages, tokenized for ``model``."""
+    return parallel_prompts(model, config.n_pairs, config.seed, config.langs, config.prepend_bos)
 
 
-def alignment_shares(
-    parts_a: np.ndarray, parts_b: np.ndarray, n_perms: int = 200, seed: int = 42
-) -> dict[str, Any]:
-    """Split ``T = mean_i u_i·v_i − mean_ij u_i·v_j`` over writers; permutation band per share.
-
-    Args:
-        parts_a: ``[n_writers, n, d]`` writers of language a's residuals (they sum to the residual).
-        parts_b: the same for language b.
-        n_perms: random pairings for the bands.
-        seed: ``RandomState`` seed of the pairings.
-
-    Returns:
-        ``total`` (T), ``shares`` ``[n_writers]`` (sum to T), ``band`` ``[n_writers, 2]`` and
-        ``z`` ``[n_writers]`` against the shares under random pairings.
-    """
-    xa, xb = parts_a.sum(0), parts_b.sum(0)
-    na, nb = np.linalg.norm(xa, axis=1), np.linalg.norm(xb, axis=1)
-    if (na == 0).any() or (nb == 0).any():
-        raise BadInputError("a residual has zero norm: cannot normalize")
-    u, v = xa / na[:, None], xb / nb[:, None]
-    uc, vc = parts_a / na[None, :, None], parts_b / nb[None, :, None]
-    g1 = np.einsum("cnd,md->cnm", uc, v)   # u^c_i · v_j
-    g2 = np.einsum("nd,cmd->cnm", u, vc)   # u_i · v^c_j
-    g = 0.5 * (g1 + g2)
-    n = g.shape[1]
-    null_mean = g.mean((1, 2))
-    shares = np.einsum("cii->c", g) / n - null_mean
-    perms = stats.seed_permutations(n, n_perms, seed)
-    scrambled = g[:, np.arange(n)[None, :], perms].mean(-1) - null_mean[:, None]  # [c, n_perms]
-    sd = scrambled.std(1, ddof=1)
-    return {"total": float(np.trace(u @ v.T) / n - (u @ v.T).mean()), "shares": shares,
-            "band": np.percentile(scrambled, [2.5, 97.5], axis=1).T,
-            "z": np.where(sd > 0, (shares - scrambled.mean(1)) / np.where(sd > 0, sd, 1), np.nan)}
+def hooks(model, config: HeadsConfig) -> list[str]:
+    """The writers of the split layer's residual (TransformerLens' decomposition needs them)."""
+    return writer.hook_names(model, split_layer(model, config.layer))
 
 
-def split_alignment(model, prompts: ParallelPrompts, layer: int, n_perms: int = 200, perm_seed: int = 42,
-                    batch_size: int = 32) -> tuple[list[str], dict[str, Any], float]:
-    """Writers of the first two languages' residuals at ``layer`` and their split of the gap.
-
-    Returns the writer names, :func:`alignment_shares`, and the largest
-    ``|sum of writers - resid_post|`` (the additivity check).
-    """
-    a, b = prompts.langs[:2]
-    names, parts_a, resid_a = writer_parts(model, prompts.tokens[a], layer, batch_size)
-    _, parts_b, resid_b = writer_parts(model, prompts.tokens[b], layer, batch_size)
-    sum_error = float(max(np.abs(parts_a.sum(0) - resid_a).max(), np.abs(parts_b.sum(0) - resid_b).max()))
-    return names, alignment_shares(parts_a, parts_b, n_perms, perm_seed), sum_error
+def extract_caches(model, config: HeadsConfig, prompts: ParallelPrompts, progress: bool = False) -> dict:
+    """``{"last": cache}``: the writers of both languages' prompts at their last real token."""
+    return {"last": extract(model, prompts.stacked(), hooks(model, config), config.batch_size, "last", progress,
+                            "heads: extracting last-token writers")}
 
 
-def head_of(name: str) -> tuple[int, int] | None:
-    """``(layer, head)`` of a writer named ``L{layer}.H{head}``, None for other writers."""
-    if not name.startswith("L") or ".H" not in name:
-        return None
-    layer, head = name[1:].split(".H")
-    return int(layer), int(head)
-
-
-def share_grid(names: list[str], shares: np.ndarray, layer: int, n_heads: int) -> np.ndarray:
-    """The head writers' shares as ``[layer + 1, n_heads]`` (NaN where a head has no share)."""
-    grid = np.full((layer + 1, n_heads), np.nan)
-    for name, share in zip(names, shares):
-        at = head_of(name)
-        if at is not None:
-            grid[at] = share
-    return grid
+def split(model, config: HeadsConfig, prompts: ParallelPrompts, caches: dict) -> writer.WriterShares:
+    """:func:`interp_tl.analyses.shares.writer_shares` of the config's layer from the study's cache."""
+    by_lang = split_languages(caches["last"], prompts.langs)
+    a, b = prompts.langs
+    return writer.writer_shares(by_lang[a], by_lang[b], split_layer(model, config.layer), n_perms=config.n_perms,
+                                perm_seed=config.perm_seed)
 
 
 def _ablation_hook(kind: Ablation, head: int, mean: np.ndarray | None):
@@ -178,8 +111,10 @@ def head_mean_z(model, prompts: ParallelPrompts, layer: int, head: int, batch_si
     name = f"blocks.{layer}.attn.hook_z"
     rows = []
     for lang in prompts.langs:
-        per = extract(model, prompts.tokens[lang], [name], batch_size, reduce="all")[name]
-        rows += [x[:, head] for x in per]
+        tokens = prompts.tokens[lang]
+        z = extract(model, tokens, [name], batch_size, reduce="all")[name]
+        width = z.shape[1]
+        rows += [z[i, width - length:, head].numpy() for i, length in enumerate(tokens.lengths)]
     return np.concatenate(rows).mean(0)
 
 
@@ -192,95 +127,55 @@ def ablation_effect(model, prompts: ParallelPrompts, layer: int, head: int, kind
         raise BadInputError(f"head {head} is out of range: the model has heads 0..{model.cfg.n_heads - 1}")
     mean = head_mean_z(model, prompts, layer, head, batch_size) if kind == "mean" else None
     names = [f"blocks.{i}.hook_resid_post" for i in range(layer, model.cfg.n_layers)]
-    hooks = [(f"blocks.{layer}.attn.hook_z", _ablation_hook(kind, head, mean))]
+    ablate = [(f"blocks.{layer}.attn.hook_z", _ablation_hook(kind, head, mean))]
     a, b = prompts.langs[:2]
     out = {}
-    for label, extra in (("intact", ()), ("ablated", hooks)):
-        acts = {lang: extract(model, prompts.tokens[lang], names, batch_size, fwd_hooks=extra) for lang in (a, b)}
-        out[label] = [float(stats.matched_vs_scrambled_z(acts[a][n], acts[b][n], n_perms=n_perms).z) for n in names]
+    for label, extra in (("intact", ()), ("ablated", ablate)):
+        caches = {lang: extract(model, prompts.tokens[lang], names, batch_size, fwd_hooks=extra) for lang in (a, b)}
+        out[label] = [float(stats.matched_vs_scrambled_z(caches[a][n][:, 0].numpy(), caches[b][n][:, 0].numpy(),
+                                                         n_perms=n_perms).z) for n in names]
     return {"layers": list(range(layer, model.cfg.n_layers)), "ablation": kind, **out,
             "delta_z": [x - y for x, y in zip(out["ablated"], out["intact"])]}
 
 
-def run_heads(model, config: HeadsConfig = HeadsConfig(), progress: bool = False,
-              keep_activations: bool = False) -> StudyResult:
-    """Per-writer shares of the alignment at one layer, with bands, and ablations of the top heads."""
-    layer = _layer(model, config.layer)
-    prompts = parallel_prompts(model, config.n_pairs, config.seed, config.langs, config.prepend_bos)
-    a, b = prompts.langs
-    names, split, sum_error = split_alignment(model, prompts, layer, config.n_perms, batch_size=config.batch_size)
-    grid = share_grid(names, split["shares"], layer, model.cfg.n_heads)
-    heads = [i for i, n in enumerate(names) if head_of(n) is not None]
-    top = sorted(heads, key=lambda i: -split["shares"][i])[: config.top]
+def analyse(model, config: HeadsConfig, prompts: ParallelPrompts, caches: dict, progress: bool = False
+            ) -> StudyResult:
+    """The split from the study's cache, then ablations of the top heads (these run the model)."""
+    shares = split(model, config, prompts, caches)
+    heads = [i for i, label in enumerate(shares.labels) if writer.head_of(label) is not None]
+    top = sorted(heads, key=lambda i: -shares.shares[i])[: config.top]
     ablations = {}
     for i in top:
-        ablations[names[i]] = ablation_effect(model, prompts, *head_of(names[i]), config.ablation, config.batch_size,
-                                              config.n_perms)
+        layer, head = writer.head_of(shares.labels[i])
+        ablations[shares.labels[i]] = ablation_effect(model, prompts, layer, head, config.ablation, config.batch_size,
+                                                      config.n_perms)
     data = {
-        "layer": layer, "languages": [a, b], "total": split["total"],
+        "layer": shares.layer, "languages": list(prompts.langs), "total": shares.total,
         "writers": [{"name": n, "share": float(s), "band": [float(x) for x in band], "z": float(z)}
-                    for n, s, band, z in zip(names, split["shares"], split["band"], split["z"])],
-        "head_shares": grid.tolist(),
-        "shares_sum_error": float(abs(split["shares"].sum() - split["total"])),
-        "writers_sum_max_abs_error": sum_error,
+                    for n, s, band, z in zip(shares.labels, shares.shares, shares.band, shares.z)],
+        "head_shares": shares.head_grid(model.cfg.n_heads).tolist(),
+        "shares_sum_error": float(abs(shares.shares.sum() - shares.total)),
+        "writers_sum_max_abs_error": shares.sum_error,
         "ablations": ablations,
     }
-    provenance = run_provenance(model, prompts, config=asdict(config),
-                                layer=layer)
-    return StudyResult("heads", data, provenance, {})
+    prov = study_provenance(model, "heads", config, prompts.identity(), layer=shares.layer)
+    return StudyResult("heads", data, prov)
 
 
-def _split_name(name: str) -> tuple[int, int]:
+def run_heads(model, config: HeadsConfig = HeadsConfig(), progress: bool = False) -> StudyResult:
+    """Per-writer shares of the alignment at one layer, with null bands, and ablations of the top heads."""
+    prompts = prepare(model, config)
+    return analyse(model, config, prompts, extract_caches(model, config, prompts, progress), progress)
+
+
+def parse_head(name: str) -> tuple[int, int]:
+    """``"2.3"``, ``"L2.H3"`` or ``"L2H3"`` -> ``(2, 3)``."""
+    text = name.upper().replace("L", "").replace("H", ".").replace("..", ".")
     try:
-        layer, head = name.upper().lstrip("L").split(".H" if ".H" in name.upper() else ".")
+        layer, head = text.split(".")
         return int(layer), int(head)
     except ValueError:
         raise BadInputError(f"a head is written L.H, e.g. 2.3, got {name!r}") from None
-
-
-def head_report(model, head: str, config: HeadsConfig = HeadsConfig()) -> dict[str, Any]:
-    """Everything about one head (``"L.H"``): share, ablation, attention statistics, Jacobian, neighbours.
-
-    Attention statistics on the parallel prompts (both languages, last token's query row):
-    entropy, mass on the first position, and where the last token looks by token class (BOS,
-    digits, letters, other). The Jacobian numbers come from :mod:`interp_tl.studies.jacobian`
-    (20 problems in the two languages), the neighbours from the per-head W_QK / W_OV distances to
-    heads of the adjacent layers (:func:`interp_tl.studies.layers.head_invariants`).
-    """
-    from interp_tl.studies.jacobian import JacobianConfig, head_jacobian, run_jacobian
-    from interp_tl.studies.layers import head_invariants
-
-    layer, h = _split_name(head)
-    if not 0 <= layer < model.cfg.n_layers:
-        raise LayerRangeError(f"layer {layer} is out of range: the model has layers 0..{model.cfg.n_layers - 1}")
-    if not 0 <= h < model.cfg.n_heads:
-        raise BadInputError(f"head {h} is out of range: the model has heads 0..{model.cfg.n_heads - 1}")
-    top_layer = _layer(model, config.layer)
-    prompts = parallel_prompts(model, config.n_pairs, config.seed, config.langs, config.prepend_bos)
-    a, b = prompts.langs
-    names, split, _ = split_alignment(model, prompts, top_layer, config.n_perms, batch_size=config.batch_size)
-    name = f"L{layer}.H{h}"
-    share = None
-    if name in names:
-        i = names.index(name)
-        share = {"layer_of_residual": top_layer, "share": float(split["shares"][i]), "total": split["total"],
-                 "band": [float(x) for x in split["band"][i]], "z": float(split["z"][i])}
-    report = {"head": name, "share": share,
-              "ablation": ablation_effect(model, prompts, layer, h, config.ablation, config.batch_size,
-                                          config.n_perms),
-              "attention": attention_stats(model, prompts, layer, h, config.batch_size)}
-    jac = run_jacobian(model, JacobianConfig(n_problems=20, seed=config.seed, jacobian_langs=(a, b),
-                                             weight_gradients=False, prepend_bos=config.prepend_bos))
-    report["jacobian"] = head_jacobian(jac, layer, h)
-    report["neighbours"] = {}
-    for other in (layer - 1, layer + 1):
-        if 0 <= other < model.cfg.n_layers:
-            inv = head_invariants(model, layer, other)
-            report["neighbours"][f"L{other}"] = {
-                k: {"closest_head": int(np.argmin(inv[k]["distance"][h])),
-                    "distance": float(min(inv[k]["distance"][h]))}
-                for k in ("W_QK", "W_OV")}
-    return report
 
 
 def _token_class(model, token_id: int, bos: int | None) -> str:
@@ -294,37 +189,121 @@ def _token_class(model, token_id: int, bos: int | None) -> str:
     return "other"
 
 
+def _last_rows(model, tokens, layer: int, head: int, batch_size: int) -> dict[int, np.ndarray]:
+    """Per prompt, the head's attention from the last token over the prompt's real positions."""
+    name = f"blocks.{layer}.attn.hook_pattern"
+    rows: dict[int, np.ndarray] = {}
+    with torch.inference_mode():
+        for batch in batches(model, tokens, batch_size):
+            _, cache = model.run_with_cache(batch.tokens, attention_mask=batch.attention_mask, return_type=None,
+                                            stop_at_layer=layer + 1, names_filter=[name])
+            last = cache[name][:, head, -1].double().cpu().numpy()
+            for j, row in enumerate(batch.rows):
+                rows[int(row)] = last[j, last.shape[1] - int(batch.lengths[j]):]
+    return rows
+
+
 def attention_stats(model, prompts: ParallelPrompts, layer: int, head: int, batch_size: int = 32) -> dict[str, Any]:
     """The head's last-token attention on the prompts: entropy, first-position mass, mass per token class."""
-    name = f"blocks.{layer}.attn.hook_pattern"
     out = {}
     for lang in prompts.langs:
         tokens = prompts.tokens[lang]
-        rows = []
-
-        def keep_last(pattern, hook, rows=rows):
-            rows.append(pattern[:, head, -1].detach().double().cpu().numpy())
-
-        order = []
-        with torch.inference_mode():
-            for batch in length_sorted_batches(tokens.lengths, batch_size):
-                toks, mask = _left_pad([tokens.ids[i] for i in batch], tokens.bos_id or 0, model.cfg.device)
-                model.run_with_hooks(toks, attention_mask=mask, return_type=None, stop_at_layer=layer + 1,
-                                     fwd_hooks=[(name, keep_last)])
-                order += list(batch)
+        rows = _last_rows(model, tokens, layer, head, batch_size)
         classes: dict[str, list[float]] = {"bos": [], "digits": [], "letters": [], "other": []}
         entropy, first = [], []
-        flat = [row for block in rows for row in block]
-        for i, row in zip(order, flat):
-            ids = tokens.ids[i]
-            att = row[-len(ids):]
+        for i in np.argsort(tokens.lengths, kind="stable"):  # the batches' order, so sums run as before
+            att = rows[int(i)]
             entropy.append(float(-(att * np.log(np.clip(att, 1e-30, None))).sum()))
             first.append(float(att[0]))
             mass: dict[str, float] = {k: 0.0 for k in classes}
-            for t, p in zip(ids, att):
+            for t, p in zip(tokens.ids[int(i)], att):
                 mass[_token_class(model, t, tokens.bos_id)] += float(p)
             for k in classes:
                 classes[k].append(mass[k])
         out[lang] = {"entropy": float(np.mean(entropy)), "first_position_mass": float(np.mean(first)),
                      "mass_by_token_class": {k: float(np.mean(v)) for k, v in classes.items()}}
     return out
+
+
+def head_report(model, head: str, config: HeadsConfig = HeadsConfig()) -> dict[str, Any]:
+    """Everything about one head (``"L.H"``): share, ablation, attention statistics, Jacobian, neighbours.
+
+    Attention statistics on the parallel prompts (both languages, last token's query row):
+    entropy, mass on the first position, and where the last token looks by token class (BOS,
+    digits, letters, other). The Jacobian numbers come from
+    :func:`interp_tl.analyses.jacobian.jacobian_statistics` on 20 problems in the two languages;
+    the neighbours from the per-head W_QK / W_OV distances to heads of the adjacent layers.
+    """
+    from interp_tl.studies.layers import head_invariants
+
+    layer, h = parse_head(head)
+    if not 0 <= layer < model.cfg.n_layers:
+        raise LayerRangeError(f"layer {layer} is out of range: the model has layers 0..{model.cfg.n_layers - 1}")
+    if not 0 <= h < model.cfg.n_heads:
+        raise BadInputError(f"head {h} is out of range: the model has heads 0..{model.cfg.n_heads - 1}")
+    prompts = prepare(model, config)
+    shares = split(model, config, prompts, extract_caches(model, config, prompts))
+    label = f"L{layer}H{h}"
+    share = None
+    if label in shares.labels:
+        i = shares.labels.index(label)
+        share = {"layer_of_residual": shares.layer, "share": float(shares.shares[i]), "total": shares.total,
+                 "band": [float(x) for x in shares.band[i]], "z": float(shares.z[i])}
+    report = {"head": label, "share": share,
+              "ablation": ablation_effect(model, prompts, layer, h, config.ablation, config.batch_size,
+                                          config.n_perms),
+              "attention": attention_stats(model, prompts, layer, h, config.batch_size)}
+    from interp_tl.prompts import generate_problems
+
+    problems = generate_problems(20, config.seed, prompts.langs)
+    texts = [p.prompts[lang] + f" {p.answer}" for p in problems for lang in prompts.langs]
+    jac = jacobian_statistics(model, tokenize(model, texts, config.prepend_bos), weight_gradients=False)
+    report["jacobian"] = {k: jac[k][layer][h] for k in ("r_diag", "cos_diag", "cos_ste", "mean_attention",
+                                                        "row_entropy")}
+    report["neighbours"] = {}
+    for other in (layer - 1, layer + 1):
+        if 0 <= other < model.cfg.n_layers:
+            inv = head_invariants(model, layer, other)
+            report["neighbours"][f"L{other}"] = {
+                k: {"closest_head": int(np.argmin(inv[k]["distance"][h])),
+                    "distance": float(min(inv[k]["distance"][h]))}
+                for k in ("W_QK", "W_OV")}
+    return report
+
+
+def plot(result: StudyResult):
+    """Per-head shares of the alignment gap: layer x head heatmap (left), all writers with null bands (right)."""
+    data = result.data
+    grid = np.array(data["head_shares"], dtype=float)
+    writers = data["writers"]
+    fig = figure((13, max(4, 0.12 * len(writers))))
+    left, right = fig.subplots(1, 2)
+    layer_head_heatmap(fig, left, grid, f"head shares of the gap at layer {data['layer']}", signed=True)
+    y = np.arange(len(writers))
+    values = [w["share"] for w in writers]
+    right.barh(y, values, color=["tab:red" if s > 0 else "tab:blue" for s in values])
+    right.hlines(y, [w["band"][0] for w in writers], [w["band"][1] for w in writers], color="k", lw=2,
+                 label="null band (random pairings)")
+    right.set_yticks(y, [w["name"] for w in writers], fontsize=5)
+    right.invert_yaxis()
+    right.set(xlabel="share of matched − null mean cosine", title=f"all writers (sum {data['total']:.3f})")
+    right.legend(fontsize=7)
+    model = result.provenance["model"]
+    fig.suptitle(f"{model['name']} ({model['processing']}), {'/'.join(data['languages'])}", fontsize=9)
+    return fig
+
+
+def headline(result: StudyResult) -> str:
+    """The gap and the head with the largest share."""
+    data = result.data
+    heads = [w for w in data["writers"] if writer.head_of(w["name"]) is not None]
+    best = max(heads, key=lambda w: w["share"])
+    return (f"alignment gap {data['total']:.4f} at layer {data['layer']}; top head {best['name']} "
+            f"share {best['share']:.4f} (z {best['z']:.1f})")
+
+
+STUDY = Study(
+    name="heads", summary="additive per-head shares of the alignment, with ablations of the top heads",
+    config=HeadsConfig, run=run_heads, plot=plot, headline=headline, hooks=hooks, prepare=prepare,
+    extract=extract_caches, analyse=analyse, docs="docs/studies/heads.md",
+)

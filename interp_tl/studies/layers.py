@@ -24,14 +24,15 @@ against random matrices with the same shapes and singular values.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from interp_tl.activations import check_layers
+from interp_tl.cache import check_layers
 from interp_tl.errors import BadInputError
+from interp_tl.figures import figure
 from interp_tl.gauge import (
     AttentionWeights,
     MLPWeights,
@@ -42,20 +43,21 @@ from interp_tl.gauge import (
     rotate_neurons,
     unit,
 )
-from interp_tl.models import model_provenance, versions
-from interp_tl.studies.common import StudyResult
+from interp_tl.results import StudyResult
+from interp_tl.studies.base import Study, check_int, study_provenance
 
 #: The seed's block: layers 10..25 (inclusive) of a 36-layer model.
 SEED_BLOCK = (10, 25, 36)
 ATTENTION = ("W_Q", "W_K", "W_V", "W_O")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LayersConfig:
-    """Settings of the layer-variation study (the CLI's flags map onto these one to one).
+    """Settings of the layer-variation study.
 
     Attributes:
-        layers: the block (consecutive pairs are compared); None: the seed's fraction of depth.
+        layers: the block, e.g. 1-3 (consecutive pairs are compared); None: the research script's
+            10..25 of 36 as a fraction of depth.
         null_random_seed: seed of the random same-spectrum matrices.
         invariants: also compare per-head W_QK / W_OV (FactoredMatrix) with matched heads.
         rotation_approx: also run the seed's d_mlp rotation alignment (an SVD of d_mlp x d_mlp per
@@ -66,6 +68,9 @@ class LayersConfig:
     null_random_seed: int = 0
     invariants: bool = True
     rotation_approx: bool = True
+
+    def __post_init__(self) -> None:
+        check_int(self.null_random_seed, "null_random_seed", 0)
 
 
 def default_block(n_layers: int) -> list[int]:
@@ -190,8 +195,7 @@ def _summary(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
             for k in keys}
 
 
-def run_layers(model, config: LayersConfig = LayersConfig(), progress: bool = False,
-               keep_activations: bool = False) -> StudyResult:
+def run_layers(model, config: LayersConfig = LayersConfig(), progress: bool = False) -> StudyResult:
     """Run the layer-variation study on a HookedTransformer's weights (no prompts).
 
     Returns:
@@ -247,6 +251,47 @@ def run_layers(model, config: LayersConfig = LayersConfig(), progress: bool = Fa
             "invariants": "per-head W_QK, W_OV (FactoredMatrix): invariant under GL(d_head); heads matched",
         },
     }
-    provenance = {"model": model_provenance(model), "study": "layers", "config": asdict(config),
-                  "layers": block, "versions": versions()}
-    return StudyResult("layers", data, provenance, {})
+    return StudyResult("layers", data, study_provenance(model, "layers", config, layers=block))
+
+
+def plot(result: StudyResult):
+    """Distances per layer pair and family (heatmap), and per family the mean adjacent distance against the nulls."""
+    data = result.data
+    columns = list(data["family_stats"])
+    grid = np.array([[_flat(e)[c] for c in columns] for e in data["pairs"]])
+    labels = [f"{a}-{b}" for a, b in (e["pair"] for e in data["pairs"])]
+    true = data["ranking"]
+    fig = figure((14, 5))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    image = left.imshow(grid, aspect="auto", cmap="viridis")
+    left.set_xticks(range(len(columns)), columns, rotation=90, fontsize=6)
+    left.set_yticks(range(len(labels)), labels, fontsize=7)
+    left.set(ylabel="layer pair", title="||unit(X_a) R - unit(X_b)||_F")
+    fig.colorbar(image, ax=left, fraction=0.03)
+    y = np.arange(len(true))
+    right.barh(y, [data["family_stats"][c]["mean"] for c in true], height=0.35, label="adjacent pairs")
+    far = data["nulls"]["non_adjacent"]["family_stats"]
+    if far:
+        right.plot([far[c]["mean"] for c in true], y, "k|", ms=10, label="non-adjacent pairs")
+    rnd = data["nulls"]["random_same_spectrum"]["family_stats"]
+    right.plot([rnd[c]["mean"] for c in true], y, "rx", label="random, same spectrum")
+    right.set_yticks(y, true, fontsize=7)
+    right.set(xlabel="mean distance", title="under the true symmetries, with nulls")
+    right.legend(fontsize=7)
+    model = result.provenance["model"]
+    fig.suptitle(f"{model['name']} ({model['processing']}), block {data['block']}", fontsize=9)
+    return fig
+
+
+def headline(result: StudyResult) -> str:
+    """The closest and farthest weight families under the true symmetries."""
+    data = result.data
+    family = data["family_stats"]
+    low, high = data["ranking"][0], data["ranking"][-1]
+    return f"block {data['block']}: closest {low} {family[low]['mean']:.3f}, farthest {high} {family[high]['mean']:.3f}"
+
+
+STUDY = Study(
+    name="layers", summary="gauge-aligned weight distances between consecutive layers, with nulls",
+    config=LayersConfig, run=run_layers, plot=plot, headline=headline, docs="docs/studies/layers.md",
+)

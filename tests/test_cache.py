@@ -1,4 +1,4 @@
-"""Tests of interp_tl.activations: batched, left-padded extraction against per-prompt runs.
+"""Tests of interp_tl.cache and interp_tl.batching: batched, left-padded extraction against per-prompt runs.
 
 Ground truth is every prompt run alone, unpadded and without an attention mask (see
 :func:`_run_alone`). Models are float32; activations are compared with
@@ -15,16 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from interp_tl.activations import (
-    Tokenized,
-    check_hooks,
-    check_layers,
-    check_lengths,
-    extract,
-    fused_gelu,
-    layer_hook_names,
-    tokenize,
-)
+from interp_tl.batching import Tokenized, check_lengths, tokenize
+from interp_tl.cache import check_hooks, check_layers, fused_gelu, layer_hook_names
+from interp_tl.cache import extract as extract_cache
 from interp_tl.errors import BadInputError, LayerRangeError
 from interp_tl.models import load_model
 from interp_tl.prompts import generate_problems
@@ -46,6 +39,23 @@ TEXTS = [p.prompts[lang] for p in _PROBLEMS for lang in ("zh", "en", "ar")] + [
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
+
+def extract(model, tokens, hooks, batch_size=32, reduce="last", **kwargs):
+    """extract() as plain arrays: ``[n, ...]`` for last/mean, per-prompt ``[len, ...]`` lists for all."""
+    cache = extract_cache(model, tokens, hooks, batch_size, reduce, **kwargs)
+    out = {}
+    for name, value in cache.cache_dict.items():
+        assert value.shape[0] == len(tokens.ids) and not value.is_inference()
+        if reduce == "all":
+            width = value.shape[1]
+            assert width == int(tokens.lengths.max())
+            assert not value[[i for i, n in enumerate(tokens.lengths) if n < width], 0].any()  # zero padding
+            out[name] = [value[i, width - n:].numpy() for i, n in enumerate(tokens.lengths)]
+        else:
+            assert value.shape[1] == 1
+            out[name] = value[:, 0].numpy()
+    return out
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -389,10 +399,9 @@ def test_embedded_model_processing(embedded_models, reduce):
 def test_fused_gelu_is_gelu_new():
     from transformer_lens.utilities.activation_functions import gelu_new
 
-    from interp_tl.activations import _gelu_tanh
-
     x = torch.linspace(-12, 12, 100_001)
-    np.testing.assert_allclose(_gelu_tanh(x).numpy(), gelu_new(x).numpy(), rtol=0, atol=2e-6)
+    fused = torch.nn.functional.gelu(x, approximate="tanh")
+    np.testing.assert_allclose(fused.numpy(), gelu_new(x).numpy(), rtol=0, atol=2e-6)
 
 
 def test_fused_gelu_swaps_only_gelu_new_and_restores(ln_model, rms_model):
@@ -406,8 +415,6 @@ def test_fused_gelu_swaps_only_gelu_new_and_restores(ln_model, rms_model):
 
 
 def test_extract_runs_fused_and_restores_when_a_hook_raises(ln_model):
-    from interp_tl.activations import _gelu_tanh
-
     before = [block.mlp.act_fn for block in ln_model.blocks]
     seen = []
 
@@ -421,7 +428,7 @@ def test_extract_runs_fused_and_restores_when_a_hook_raises(ln_model):
             extract(ln_model, tokenize(ln_model, ["abc"]), ["blocks.0.hook_mlp_out"])
     finally:
         ln_model.reset_hooks()
-    assert seen == [_gelu_tanh]
+    assert len(seen) == 1 and seen[0] is not before[0]  # the fused GELU ran
     assert [block.mlp.act_fn for block in ln_model.blocks] == before
 
 
