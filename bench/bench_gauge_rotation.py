@@ -2,13 +2,16 @@
 
 Run on a quiet machine (two BLAS-heavy processes at once on 2 cores run several times slower)::
 
-    python bench/bench_gauge_rotation.py [--full] [--repeat 3] [--threads N]
+    python bench/bench_gauge_rotation.py [--full] [--repeat 3] [--threads N] [--attention]
 
 Shapes: GPT-2 small (d_model 768, d_mlp 3072, W_in and W_out) and a Qwen2.5-3B-like gated MLP
 (d_model 2048, d_mlp 11008, W_in, W_gate and W_out), random weights. ``rotate_neurons`` (thin:
 two R-only QR factorizations of ``d_mlp x k`` and an SVD of ``k x k``, ``k = families * d_model``)
 against scipy's ``orthogonal_procrustes`` of the full ``d_mlp x d_mlp`` problem (``--full``: slow
-at 11008), with the residuals of the two compared.
+at 11008), with the residuals of the two compared. ``--attention``: one layer pair's attention comparison at
+Qwen3-4B's shape (32 heads, 8 K/V heads, d_head 128, d_model 2560, rotary, q/k norms): the
+cross-products, the ``tied``, ``tied_exact`` and ``separate`` alignments (heads matched) and the
+invariants.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="also time scipy's full Procrustes")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--attention", action="store_true", help="also time one Qwen3-4B-shaped attention pair")
     parser.add_argument("--threads", type=int, default=None, help="BLAS threads (sets OPENBLAS/OMP/MKL_NUM_THREADS)")
     args = parser.parse_args()
     if args.threads:
@@ -55,6 +59,35 @@ def main() -> None:
             elapsed = time.perf_counter() - t
             diff = max(abs(full[k] - thin[k]) for k in fa)
             print(f"  full {elapsed:.2f} s per pair; max |residual difference| {diff:.2e}")
+    if args.attention:
+        attention_pair(rng)
+
+
+def attention_pair(rng) -> None:
+    """Time one attention pair at Qwen3-4B's shape (random weights and norm gains)."""
+
+    from interp_tl.gauge import AttentionComparison, AttentionWeights, QKConstraint
+
+    n, m, d, d_model = 32, 8, 128, 2560
+
+    def layer():
+        return AttentionWeights(rng.normal(size=(n, d_model, d)), rng.normal(size=(m, d_model, d)),
+                                rng.normal(size=(m, d_model, d)), rng.normal(size=(n, d, d_model)))
+
+    wa, wb = layer(), layer()
+    qk = QKConstraint(d, d, False, 1 + 0.3 * rng.normal(size=d), 1 + 0.3 * rng.normal(size=d))
+    t = time.perf_counter()
+    comparison = AttentionComparison(wa, wb)
+    steps = {"cross-products": time.perf_counter() - t}
+    for mode in ("tied", "tied_exact", "separate"):
+        t = time.perf_counter()
+        comparison.align(mode, qk)
+        steps[mode] = time.perf_counter() - t
+    t = time.perf_counter()
+    comparison.invariants()
+    steps["invariants"] = time.perf_counter() - t
+    print("attention pair, Qwen3-4B shape: " + ", ".join(f"{k} {v:.2f} s" for k, v in steps.items())
+          + f"; total {sum(steps.values()):.2f} s")
 
 
 if __name__ == "__main__":

@@ -267,7 +267,7 @@ class AttentionComparison:
         self.group = wa.group
         self.a, self.b = _unit_heads(wa), _unit_heads(wb)
         self.cross = {f: np.einsum("iDa,jDb->ijab", self.a[f], self.b[f], optimize=True) for f in FAMILIES}
-        self._head_cos: np.ndarray | None = None
+        self._cos: dict[str, np.ndarray] = {}
 
     @property
     def kv_of(self) -> np.ndarray:
@@ -318,15 +318,19 @@ class AttentionComparison:
         return out
 
     def _cosines(self, head: str, shared: str) -> np.ndarray:
-        """Cosines between the per-head products of ``head`` (q or o) with their group's ``shared``."""
-        kv = self.kv_of
-        inner = np.einsum("ijab,ijab->ij", self.cross[head], self.cross[shared][np.ix_(kv, kv)], optimize=True)
-        norms = []
-        for side in (self.a, self.b):
-            gram_h = np.einsum("iDa,iDb->iab", side[head], side[head])
-            gram_s = np.einsum("iDa,iDb->iab", side[shared], side[shared])[kv]
-            norms.append(np.sqrt(np.einsum("iab,iab->i", gram_h, gram_s)))
-        return inner / np.outer(*norms)
+        """Cosines between the per-head products of ``head`` (q or o) with their group's ``shared`` (cached)."""
+        if head not in self._cos:
+            n, m = len(self.a[head]), len(self.a[shared])
+            g, d = n // m, self.a[head].shape[-1]
+            per_group = self.cross[head].reshape(m, g, m, g, d, d)  # head A*g + i is query i of group A
+            inner = np.einsum("AiBjab,ABab->AiBj", per_group, self.cross[shared], optimize=True).reshape(n, n)
+            norms = []
+            for side in (self.a, self.b):
+                gram_h = np.einsum("iDa,iDb->iab", side[head], side[head], optimize=True).reshape(m, g, d, d)
+                gram_s = np.einsum("iDa,iDb->iab", side[shared], side[shared], optimize=True)
+                norms.append(np.sqrt(np.einsum("Aiab,Aab->Ai", gram_h, gram_s).reshape(n)))
+            self._cos[head] = inner / np.outer(*norms)
+        return self._cos[head]
 
     def _fit(self, heads_a, heads_b, ga, gb, solve_qk, tied):
         """Best transforms for a's heads ``heads_a`` (in order) against b's ``heads_b``; and the trace."""
@@ -349,9 +353,8 @@ class AttentionComparison:
         cand, heads_b = np.arange(ga * g, ga * g + g), np.arange(gb * g, gb * g + g)
         order = cand
         if g > 1:
-            if self._head_cos is None:
-                self._head_cos = self._cosines("q", "k") + self._cosines("o", "v")
-            order = _assign(self._head_cos[np.ix_(cand, heads_b)], cand)
+            cos = self._cosines("q", "k") + self._cosines("o", "v")
+            order = _assign(cos[np.ix_(cand, heads_b)], cand)
         r_qk, r_vo, value = self._fit(order, heads_b, ga, gb, solve_qk, tied)
         for _ in range(20 if g > 1 else 0):
             gain = (np.einsum("ijab,ab->ij", self.cross["q"][np.ix_(cand, heads_b)], r_qk)

@@ -13,7 +13,7 @@ import torch
 from conftest import _small_model
 from scipy.stats import ortho_group
 
-from interp_tl.gauge import AttentionAlignment, QKConstraint, qk_constraint
+from interp_tl.gauge import AttentionAlignment, QKConstraint, qk_constraint, rotary_pairs
 
 LN = dict(seed=21, model_name="gauge-ln", act_fn="gelu_new", normalization_type="LN")
 QWEN2 = dict(seed=22, model_name="gauge-qwen2", act_fn="silu", normalization_type="RMS",
@@ -27,15 +27,15 @@ TOKENS = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(
 def randomize_qk_norms_(model, seed: int, tie_pairs: bool = True) -> None:
     """q/k norm gains ``1 + 0.3 N(0, 1)``; with ``tie_pairs`` pair 0 equal and pair 1 equal up to sign."""
     gen = torch.Generator().manual_seed(seed)
-    half = model.cfg.rotary_dim // 2
+    (i0, j0), (i1, j1) = rotary_pairs(model.cfg.d_head, model.cfg.rotary_dim, model.cfg.rotary_adjacent_pairs)[:2]
     with torch.no_grad():
         for block in model.blocks:
             q, k = block.attn.q_norm.w, block.attn.k_norm.w
             q.copy_(1 + 0.3 * torch.randn(q.shape, generator=gen))
             k.copy_(1 + 0.3 * torch.randn(k.shape, generator=gen))
             if tie_pairs:
-                q[half], k[half] = q[0].clone(), k[0].clone()
-                q[1 + half], k[1 + half] = -q[1], -k[1]
+                q[j0], k[j0] = q[i0].clone(), k[i0].clone()
+                q[j1], k[j1] = -q[i1], -k[i1]
 
 
 def build(kind: str, **overrides):

@@ -167,8 +167,13 @@ def test_olmo_style_norms_over_all_heads_are_refused(qwen3):
 # Exact copies: heads permuted, per-group transforms, on the LN, Qwen2 and Qwen3 fixtures
 
 
-@pytest.fixture(scope="module", params=["ln", "qwen2", "qwen3"])
+@pytest.fixture(scope="module", params=["ln", "qwen2", "qwen3", "qwen3-adjacent"])
 def fixture_model(request):
+    if request.param == "qwen3-adjacent":  # rotary pairs (2i, 2i+1)
+        model = build("qwen3", rotary_adjacent_pairs=True)
+        assert qk_constraint(model, 1).pairs()[:2] == [(0, 1), (2, 3)]
+        assert qk_constraint(model, 1).summary()["pairs_any_rotation"] == 2
+        return model
     return build(request.param)
 
 
