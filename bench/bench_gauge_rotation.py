@@ -2,7 +2,7 @@
 
 Run on a quiet machine (two BLAS-heavy processes at once on 2 cores run several times slower)::
 
-    python bench/bench_gauge_rotation.py [--full] [--repeat 3] [--threads N] [--attention]
+    python bench/bench_gauge_rotation.py [--full] [--shapes gpt2 qwen] [--repeat 3] [--threads N] [--attention]
 
 Shapes: GPT-2 small (d_model 768, d_mlp 3072, W_in and W_out) and a Qwen2.5-3B-like gated MLP
 (d_model 2048, d_mlp 11008, W_in, W_gate and W_out), random weights. ``rotate_neurons`` (thin:
@@ -20,10 +20,14 @@ import argparse
 import os
 import time
 
+#: (d_model, d_mlp, gated): GPT-2 small; a Qwen2.5-3B-like SwiGLU MLP.
+SHAPES = {"gpt2": (768, 3072, False), "qwen": (2048, 11008, True)}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="also time scipy's full Procrustes")
+    parser.add_argument("--shapes", nargs="*", choices=list(SHAPES), default=list(SHAPES), help="which MLP shapes")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--attention", action="store_true", help="also time one Qwen3-4B-shaped attention pair")
     parser.add_argument("--threads", type=int, default=None, help="BLAS threads (sets OPENBLAS/OMP/MKL_NUM_THREADS)")
@@ -38,7 +42,7 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     print(f"load average {os.getloadavg()}")
-    for d_model, d_mlp, gated in ((768, 3072, False), (2048, 11008, True)):
+    for d_model, d_mlp, gated in (SHAPES[name] for name in args.shapes):
         def mlp():
             return MLPWeights(rng.normal(size=(d_model, d_mlp)), rng.normal(size=(d_mlp, d_model)),
                               rng.normal(size=(d_model, d_mlp)) if gated else None)
