@@ -29,6 +29,7 @@ from interp_tl.batching import ParallelPrompts, batches, parallel_prompts, token
 from interp_tl.cache import extract, split_languages
 from interp_tl.errors import BadInputError, LayerRangeError
 from interp_tl.figures import figure, layer_head_heatmap
+from interp_tl.gauge import head_invariants
 from interp_tl.results import StudyResult
 from interp_tl.studies.base import PromptSettings, Study, check_int, study_provenance
 
@@ -234,8 +235,6 @@ def head_report(model, head: str, config: HeadsConfig = HeadsConfig()) -> dict[s
     :func:`interp_tl.analyses.jacobian.jacobian_statistics` on 20 problems in the two languages;
     the neighbours from the per-head W_QK / W_OV distances to heads of the adjacent layers.
     """
-    from interp_tl.studies.layers import head_invariants
-
     layer, h = parse_head(head)
     if not 0 <= layer < model.cfg.n_layers:
         raise LayerRangeError(f"layer {layer} is out of range: the model has layers 0..{model.cfg.n_layers - 1}")

@@ -2,24 +2,35 @@
 
 Port of the research script ``layer_variation_gauge_aligned.py`` onto HookedTransformer weights,
 with its Procrustes fixed (it returned the transpose of the maximizer) and its symmetries made
-honest (see :mod:`interp_tl.gauge`). For each consecutive pair of layers in a block (default
-the seed's 10..25 of 36 as a fraction of depth), every weight family is Frobenius-normalized and
-compared as ``||unit(X_a) R - unit(X_b)||_F`` under several alignments:
+honest (see :mod:`interp_tl.gauge`, whose docstring derives which transforms are symmetries). For
+each consecutive pair of layers in a block (default the seed's 10..25 of 36 as a fraction of
+depth), every weight family is Frobenius-normalized and compared as
+``||unit(X_a) R - unit(X_b)||_F`` under several alignments:
 
-* ``raw``: no alignment;
-* ``tied``: the seed's one rotation per head (per K/V group) for Q, K, V and O;
-* ``separate``: one orthogonal transform for the QK pair and another for the VO pair; for rotary
-  models the QK transform is restricted to rotations commuting with rotary;
-* MLP ``permutation`` (exact symmetry of elementwise MLPs, by linear assignment) and the seed's
-  ``rotation`` (not a symmetry: labelled as an approximation);
-* LayerNorm / RMSNorm weights directly (they need unfolded weights: the study refuses a model
-  whose norms were folded, and records the processing).
+* ``raw``: no alignment, head index to head index;
+* ``tied``: the research script's definition, computed as it did: per query head one orthogonal
+  d_head transform for its Q, its group's K and V, and its O, heads index to index, unrestricted.
+  An exact symmetry only with absolute positions, no grouped-query attention and no q/k norms;
+  otherwise an approximation (``alignments.approximate`` says which);
+* ``tied_exact`` (exact): heads matched, then one transform per K/V group for Q, K, V and O,
+  restricted to the transforms commuting with rotary and q/k norms;
+* ``separate`` (exact): heads matched (K/V groups moved with their query heads, query heads
+  permuted inside a group), then one orthogonal QK transform per group commuting with rotary and
+  the q/k norms, and an independent orthogonal VO transform;
+* MLP ``permutation`` (exact: neurons matched by linear assignment) and the seed's
+  ``rotation_approx`` (a d_mlp rotation: an approximation, not a symmetry);
+* ``direct``: norm weights (``ln1_w``, ``ln2_w``, and Qwen3's ``q_norm_w``, ``k_norm_w``) compared
+  directly, the seed's way. They need unfolded weights: with ``fold_ln`` they are absent and
+  ``norm_weights`` says so. Their scale gauge (what ``fold_ln`` moves; a per-pair scale between
+  q_norm and k_norm) is not removed, so ``direct`` can only overstate a distance.
+* ``invariant``: per-head ``W_QK = W_Q W_K^T`` and ``W_OV = W_V W_O`` (``d_model x d_model``,
+  invariant under every QK / VO transform) as normalized Frobenius distances, heads matched by
+  linear assignment (``pairs[i].invariants``; ``W_QK/invariant`` is the matched mean).
 
-Beside them, the invariant comparison: per-head ``W_QK = W_Q W_K^T`` and ``W_OV = W_V W_O``
-(TransformerLens ``FactoredMatrix``, ``d_model x d_model``, invariant under the full GL(d_head)
-gauge) as normalized Frobenius distances, with heads matched across the two layers by linear
-assignment. And nulls: the same distances for non-adjacent layer pairs, and for the layer
-against random matrices with the same shapes and singular values.
+Every exact alignment is checked in the tests by applying the found transform to the model and
+comparing logits (:func:`align_pair` returns the transforms). Nulls: the same statistics for
+non-adjacent pairs of the block (absent, with the reason, for a block of two layers), and for the
+layer against random matrices with the same shapes and singular values.
 """
 
 from __future__ import annotations
@@ -28,18 +39,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from interp_tl.cache import check_layers
 from interp_tl.errors import BadInputError
 from interp_tl.figures import figure
 from interp_tl.gauge import (
+    AttentionAlignment,
+    AttentionComparison,
     AttentionWeights,
     MLPWeights,
-    align_attention,
     attention_weights,
     match_neurons,
     mlp_weights,
+    qk_constraint,
     rotate_neurons,
     unit,
 )
@@ -49,6 +61,10 @@ from interp_tl.studies.base import Study, check_int, study_provenance
 #: The seed's block: layers 10..25 (inclusive) of a 36-layer model.
 SEED_BLOCK = (10, 25, 36)
 ATTENTION = ("W_Q", "W_K", "W_V", "W_O")
+#: Attention alignments: the seed's ``tied`` and the two exact ones (heads matched).
+ALIGNED = ("tied", "tied_exact", "separate")
+#: Columns (``family/alignment``) ranked: exact symmetries, invariants, norms compared directly.
+RANKED = ("/separate", "/permutation", "/invariant", "/direct")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,12 +72,12 @@ class LayersConfig:
     """Settings of the layer-variation study.
 
     Attributes:
-        layers: the block, e.g. 1-3 (consecutive pairs are compared); None: the research script's
-            10..25 of 36 as a fraction of depth.
+        layers: the block, consecutive layers in increasing order, e.g. 1-3 (its consecutive pairs are
+            compared); None: the research script's 10..25 of 36 as a fraction of depth.
         null_random_seed: seed of the random same-spectrum matrices.
-        invariants: also compare per-head W_QK / W_OV (FactoredMatrix) with matched heads.
-        rotation_approx: also run the seed's d_mlp rotation alignment (an SVD of d_mlp x d_mlp per
-            pair: 16 s per pair at GPT-2's d_mlp 3072 on 2 CPU cores).
+        invariants: also compare per-head W_QK / W_OV with matched heads (and their nulls).
+        rotation_approx: also run the seed's d_mlp rotation alignment (computed thinly, in
+            ``O(d_mlp (k d_model)^2)`` for k MLP matrices, not as an SVD of d_mlp x d_mlp).
     """
 
     layers: tuple[int, ...] | None = None
@@ -81,78 +97,109 @@ def default_block(n_layers: int) -> list[int]:
     return list(range(start, stop + 1))
 
 
-def _rotary(model) -> tuple[int, bool] | None:
+def check_block(model, layers) -> list[int]:
+    """The block as a list: layers in range, at least two, consecutive and increasing.
+
+    Raises:
+        BadInputError: (one line) a layer out of range, fewer than two layers, or layers that
+            are not consecutive in increasing order (``1,1``, ``3,1,2``, ``0,3``).
+    """
+    block = check_layers(model, layers) if layers is not None else default_block(model.cfg.n_layers)
+    if len(block) < 2:
+        raise BadInputError(f"the block needs at least two layers, got {block}")
+    if any(b != a + 1 for a, b in zip(block[:-1], block[1:])):
+        raise BadInputError(f"the block must be consecutive layers in increasing order (e.g. 1-3), got {block}")
+    return block
+
+
+def attention_structure(model, block: list[int]) -> dict[str, Any]:
+    """What the attention alignments had to respect: heads, K/V groups, rotary, q/k norms."""
     cfg = model.cfg
-    if cfg.positional_embedding_type != "rotary":
-        return None
-    return int(cfg.rotary_dim or cfg.d_head), bool(getattr(cfg, "rotary_adjacent_pairs", False))
+    n_kv = int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
+    constraints = {str(layer): qk_constraint(model, layer).summary() for layer in block}
+    first = constraints[str(block[0])]
+    return {
+        "n_heads": int(cfg.n_heads), "n_kv_heads": n_kv, "d_head": int(cfg.d_head),
+        "positional_embedding_type": cfg.positional_embedding_type,
+        "rotary_dim": first["rotary_dim"], "rotary_pairing": first["rotary_pairing"],
+        "qk_norm": ("per-head RMSNorm, one weight of length d_head shared by all heads (attn.q_norm.w, "
+                    "attn.k_norm.w)") if first["qk_norm"] else None,
+        "head_matching": ("K/V groups by linear assignment of the aligned fit; query heads inside a group by "
+                          "alternating assignment and Procrustes from the invariant matching"
+                          if n_kv < cfg.n_heads else "heads by linear assignment of the aligned fit (exact)"),
+        "qk_transforms_per_layer": constraints,
+    }
 
 
 def _norm_weights(model, layer: int) -> dict[str, np.ndarray]:
     block = model.blocks[layer]
+    modules = {"ln1": getattr(block, "ln1", None), "ln2": getattr(block, "ln2", None),
+               "q_norm": getattr(block.attn, "q_norm", None), "k_norm": getattr(block.attn, "k_norm", None)}
     out = {}
-    for name in ("ln1", "ln2"):
-        w = getattr(getattr(block, name, None), "w", None)
+    for name, module in modules.items():
+        w = getattr(module, "w", None)
         if w is not None:
             out[f"{name}_w"] = w.detach().double().cpu().numpy()
     return out
 
 
-def _raw_attention(wa: AttentionWeights, wb: AttentionWeights) -> dict[str, np.ndarray]:
-    g = wa.group
-    out = {}
-    for key, name in zip("qkvo", ATTENTION):
-        a, b = getattr(wa, name), getattr(wb, name)
-        per = np.array([np.linalg.norm(unit(x) - unit(y)) for x, y in zip(a, b)])
-        out[key] = np.repeat(per, g) if key in "kv" else per
-    return out
+@dataclass(frozen=True, eq=False)
+class PairAlignment:
+    """The transforms aligning layer a to layer b (to apply them, see :mod:`interp_tl.gauge`).
+
+    Attributes:
+        comparison: the normalized weights and their cross-products.
+        attention: ``{"tied", "tied_exact", "separate": AttentionAlignment}``.
+        neurons: :func:`~interp_tl.gauge.match_neurons`' result (``perm`` and residuals).
+        mlp: the two layers' MLP weights.
+    """
+
+    comparison: AttentionComparison
+    attention: dict[str, AttentionAlignment]
+    neurons: dict[str, Any]
+    mlp: tuple[MLPWeights, MLPWeights]
 
 
-def pair_distances(model, la: int, lb: int, target: dict | None = None, rotation_approx: bool = True) -> dict[str, Any]:
-    """Every family's distance between layers ``la`` and ``lb`` under every alignment.
+def align_pair(model, la: int, lb: int, target: dict | None = None) -> PairAlignment:
+    """Align layer ``la`` to layer ``lb`` (or to ``target``'s weights) under every alignment.
 
-    ``target`` replaces layer ``lb``'s weights (``{"attn": AttentionWeights, "mlp": MLPWeights,
-    "norms": {...}}``), used for the random-spectrum null. Per-head values are kept in ``heads``.
+    The QK transforms are restricted by layer ``la``'s rotary and q/k norms, so that applying
+    an exact alignment to layer ``la`` leaves the model's function unchanged.
     """
     wa, wb = attention_weights(model, la), (target or {}).get("attn") or attention_weights(model, lb)
     ma, mb = mlp_weights(model, la), (target or {}).get("mlp") or mlp_weights(model, lb)
-    rotary = _rotary(model)
-    heads = {"raw": _raw_attention(wa, wb), "tied": align_attention(wa, wb, "tied", rotary),
-             "separate": align_attention(wa, wb, "separate", rotary)}
+    comparison = AttentionComparison(wa, wb)
+    qk = qk_constraint(model, la)
+    attention = {mode: comparison.align(mode, qk) for mode in ALIGNED}
+    return PairAlignment(comparison, attention, match_neurons(ma, mb), (ma, mb))
+
+
+def pair_distances(model, la: int, lb: int, target: dict | None = None, rotation_approx: bool = True,
+                   invariants: bool = True) -> dict[str, Any]:
+    """Every family's distance between layers ``la`` and ``lb`` under every alignment.
+
+    ``target`` replaces layer ``lb``'s weights (``{"attn": AttentionWeights, "mlp": MLPWeights,
+    "norms": {...}}``), used for the random-spectrum null. Per-head values are kept in ``heads``
+    (indexed by layer ``lb``'s heads) and the head matching in ``head_match``.
+    """
+    aligned = align_pair(model, la, lb, target)
+    heads = {"raw": aligned.comparison.raw(), **{m: a.residuals for m, a in aligned.attention.items()}}
     out: dict[str, Any] = {"pair": [la, lb], "attention": {}, "heads": {}}
     for mode, res in heads.items():
         out["attention"][mode] = {name: float(np.mean(res[key])) for key, name in zip("qkvo", ATTENTION)}
         out["heads"][mode] = {name: [float(x) for x in res[key]] for key, name in zip("qkvo", ATTENTION)}
+    out["head_match"] = {m: {"query_heads": aligned.attention[m].perm_q.tolist(),
+                             "kv_groups": aligned.attention[m].perm_kv.tolist()} for m in ("tied_exact", "separate")}
+    ma, mb = aligned.mlp
     fa, fb = ma.families(), mb.families()
     out["mlp"] = {"raw": {k: float(np.linalg.norm(fa[k] - fb[k])) for k in fa},
-                  "permutation": {k: v for k, v in match_neurons(ma, mb).items() if k != "perm"}}
+                  "permutation": {k: v for k, v in aligned.neurons.items() if k != "perm"}}
     if rotation_approx:
-        out["mlp"]["rotation_approx"] = {k: v for k, v in rotate_neurons(ma, mb).items() if k != "S"}
+        out["mlp"]["rotation_approx"] = rotate_neurons(ma, mb)
     na, nb = _norm_weights(model, la), (target or {}).get("norms") or _norm_weights(model, lb)
     out["norms"] = {k: float(np.linalg.norm(unit(na[k]) - unit(nb[k]))) for k in na if k in nb}
-    return out
-
-
-def head_invariants(model, la: int, lb: int) -> dict[str, Any]:
-    """Per-head W_QK and W_OV distances between two layers, heads matched by linear assignment.
-
-    ``d(h, h') = ||X_h / |X_h| - Y_h' / |Y_h'| ||_F`` computed from the FactoredMatrix factors
-    (never the d_model x d_model products). Returns the distance matrices, the matching and the
-    mean distance matched and index-to-index.
-    """
-    out = {}
-    for name, fm in (("W_QK", model.QK), ("W_OV", model.OV)):
-        a1, b1 = fm.A[la].detach().double().cpu().numpy(), fm.B[la].detach().double().cpu().numpy()
-        a2, b2 = fm.A[lb].detach().double().cpu().numpy(), fm.B[lb].detach().double().cpu().numpy()
-        # <A1 B1, A2 B2>_F = tr((A1^T A2)(B2 B1^T)), per head pair
-        inner = np.einsum("idk,jdl,jlm,ikm->ij", a1, a2, b2, b1, optimize=True)
-        n1 = np.sqrt(np.einsum("idk,idl,ilm,ikm->i", a1, a1, b1, b1, optimize=True))
-        n2 = np.sqrt(np.einsum("jdk,jdl,jlm,jkm->j", a2, a2, b2, b2, optimize=True))
-        cos = inner / np.outer(n1, n2)
-        dist = np.sqrt(np.clip(2 - 2 * cos, 0, None))
-        rows, cols = linear_sum_assignment(dist)
-        out[name] = {"distance": dist.round(6).tolist(), "match": cols.tolist(),
-                     "matched_mean": float(dist[rows, cols].mean()), "same_index_mean": float(np.diag(dist).mean())}
+    if invariants:
+        out["invariants"] = aligned.comparison.invariants()
     return out
 
 
@@ -185,6 +232,7 @@ def _flat(entry: dict[str, Any]) -> dict[str, float]:
     for mode, fams in entry["mlp"].items():
         flat.update({f"{fam}/{mode}": v for fam, v in fams.items()})
     flat.update({f"{fam}/direct": v for fam, v in entry["norms"].items()})
+    flat.update({f"{fam}/invariant": v["matched_mean"] for fam, v in entry.get("invariants", {}).items()})
     return flat
 
 
@@ -195,63 +243,81 @@ def _summary(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
             for k in keys}
 
 
+def _alignments(model) -> dict[str, Any]:
+    """What each alignment aligns over, and which are exact symmetries on this model."""
+    cfg = model.cfg
+    seed_exact = (cfg.positional_embedding_type != "rotary" and not getattr(cfg, "use_qk_norm", False)
+                  and (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) == cfg.n_heads)
+    return {
+        "raw": "no alignment, head index to head index",
+        "tied": "the research script: per query head one orthogonal d_head transform for its Q, its group's K "
+                "and V, and its O; heads index to index; unrestricted",
+        "tied_exact": "heads matched, then one transform per K/V group for Q, K, V and O, restricted to those "
+                      "commuting with rotary and q/k norms",
+        "separate": "heads matched, then per K/V group one orthogonal QK transform commuting with rotary and q/k "
+                    "norms and an independent orthogonal VO transform",
+        "permutation": "MLP neurons matched by linear assignment",
+        "rotation_approx": "the research script's d_mlp rotation (not a symmetry)",
+        "direct": "norm weights compared directly (the seed's way); their scale gauge is not removed",
+        "invariant": "per-head W_QK, W_OV (invariant under every QK / VO transform); heads matched; matched mean",
+        "exact": (["tied"] if seed_exact else []) + ["tied_exact", "separate", "permutation", "invariant"],
+        "approximate": ([] if seed_exact else ["tied"]) + ["rotation_approx"],
+    }
+
+
+def _nulls(model, block, pairs, config: LayersConfig) -> dict[str, Any]:
+    def dist(a, b, target=None):
+        return _flat(pair_distances(model, a, b, target, config.rotation_approx, config.invariants))
+
+    far = [(a, b) for i, a in enumerate(block) for b in block[i + 2:]]
+    far_flats = [dist(a, b) for a, b in far]
+    rng = np.random.default_rng(config.null_random_seed)
+    random_flats = [dist(la, lb, _random_target(model, lb, rng)) for la, lb in pairs]
+    return {
+        "non_adjacent": {"pairs": [list(p) for p in far], "n_pairs": len(far),
+                         "family_stats": _summary(far_flats) if far_flats else None,
+                         "absent": None if far else "a block of two layers has no non-adjacent pair (needs three)"},
+        "random_same_spectrum": {"family_stats": _summary(random_flats), "n_pairs": len(pairs),
+                                 "seed": config.null_random_seed},
+    }
+
+
 def run_layers(model, config: LayersConfig = LayersConfig(), progress: bool = False) -> StudyResult:
     """Run the layer-variation study on a HookedTransformer's weights (no prompts).
 
     Returns:
         A :class:`StudyResult` with ``pairs`` (per consecutive pair: every family under every
-        alignment, per-head values, and the W_QK / W_OV invariants), ``family_stats`` (mean /
-        min / max / std over pairs), ``ranking`` (families by mean distance under the true
-        symmetries), ``nulls`` (non-adjacent pairs; random same-spectrum targets) and notes on
-        what each alignment aligns over.
+        alignment, per-head values, the head matching, and the W_QK / W_OV invariants),
+        ``family_stats`` (mean / min / max / std over pairs), ``ranking`` (exact symmetries,
+        invariants and norms by mean distance), ``nulls`` (non-adjacent pairs; random
+        same-spectrum targets), ``attention_structure`` and ``alignments`` (what each aligns
+        over; which are exact on this model).
 
     Raises:
-        BadInputError: fewer than two layers.
+        BadInputError: a block that is out of range, shorter than two layers or not consecutive.
 
     Pitfall: with ``fold_ln`` the norm weights are folded into the next layer's weights; they are
     then absent (``norm_weights`` says so) and the attention / MLP weights include them.
     """
     folded = model.cfg.normalization_type in ("LNPre", "RMSPre")
-    block = check_layers(model, config.layers) if config.layers is not None else default_block(model.cfg.n_layers)
-    if len(block) < 2:
-        raise BadInputError(f"the block needs at least two layers, got {block}")
+    block = check_block(model, config.layers)
     pairs = list(zip(block[:-1], block[1:]))
-    entries = []
-    for la, lb in pairs:
-        entry = pair_distances(model, la, lb, rotation_approx=config.rotation_approx)
-        if config.invariants:
-            entry["invariants"] = head_invariants(model, la, lb)
-        entries.append(entry)
-    flats = [_flat(e) for e in entries]
-    stats = _summary(flats)
-    far = [(a, b) for i, a in enumerate(block) for b in block[i + 2:]]
-    far_flats = [_flat(pair_distances(model, a, b, rotation_approx=config.rotation_approx)) for a, b in far]
-    rng = np.random.default_rng(config.null_random_seed)
-    random_flats = [_flat(pair_distances(model, la, lb, _random_target(model, lb, rng), config.rotation_approx))
-                    for la, lb in pairs]
-    true = [k for k in stats if k.endswith(("/separate", "/permutation", "/direct"))]
+    entries = [pair_distances(model, la, lb, rotation_approx=config.rotation_approx, invariants=config.invariants)
+               for la, lb in pairs]
+    stats = _summary([_flat(e) for e in entries])
+    structure = attention_structure(model, block)
     data = {
         "block": block,
         "pairs": entries,
         "family_stats": stats,
-        "ranking": sorted(true, key=lambda k: stats[k]["mean"]),
-        "nulls": {"non_adjacent": {"pairs": [list(p) for p in far], "family_stats": _summary(far_flats) if far_flats
-                                   else None},
-                  "random_same_spectrum": {"family_stats": _summary(random_flats), "seed": config.null_random_seed}},
+        "ranking": sorted((k for k in stats if k.endswith(RANKED)), key=lambda k: stats[k]["mean"]),
+        "nulls": _nulls(model, block, pairs, config),
         "norm_weights": ("folded into the following weights (fold_ln): not compared; load with processing none"
                          if folded else "compared directly (unprocessed)"),
-        "alignments": {
-            "raw": "no alignment",
-            "tied": "the research script: one orthogonal d_head transform per head (per K/V group) for Q, K, V, O",
-            "separate": "one orthogonal transform for the QK pair, another for the VO pair"
-                        + (" (QK restricted to rotations commuting with rotary)" if _rotary(model) else ""),
-            "permutation": "MLP neurons matched by linear assignment (exact symmetry)",
-            "rotation_approx": "the research script's d_mlp rotation: NOT a symmetry, an approximation",
-            "direct": "norm weights compared directly (no gauge freedom)",
-            "invariants": "per-head W_QK, W_OV (FactoredMatrix): invariant under GL(d_head); heads matched",
-        },
+        "attention_structure": structure,
+        "alignments": _alignments(model),
     }
-    return StudyResult("layers", data, study_provenance(model, "layers", config, layers=block))
+    return StudyResult("layers", data, study_provenance(model, "layers", config, layers=block, attention=structure))
 
 
 def plot(result: StudyResult):
