@@ -61,6 +61,13 @@ def _finite_float(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _pow2_exponent(peak: float) -> int:
+    """0 for magnitudes whose squares are safe; else ``e`` with ``peak / 2**e`` in [0.5, 1)."""
+    if peak == 0.0 or 1.0 / _NORM_TINY > peak > _NORM_TINY:
+        return 0
+    return int(np.frexp(peak)[1])
+
+
 def _check_2d(x: np.ndarray, what: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
@@ -230,6 +237,11 @@ def _perm_stats(S: np.ndarray, perms: np.ndarray) -> np.ndarray:
 
 
 def _exact_null_unchecked(S: np.ndarray) -> tuple[float, float]:
+    exponent = _pow2_exponent(float(np.max(np.abs(S))))
+    if exponent:
+        # Squares of entries beyond ~1e+-154 over/underflow: work on S / 2**e (exact) and scale back.
+        mean, sd = _exact_null_unchecked(np.ldexp(S, -exponent))
+        return math.ldexp(mean, exponent), math.ldexp(sd, exponent)
     n = S.shape[0]
     row = S.mean(axis=1, keepdims=True)
     col = S.mean(axis=0, keepdims=True)
@@ -606,9 +618,13 @@ def jackknifed(estimator: Callable[[np.ndarray], float]) -> Callable[[np.ndarray
     return statistic
 
 
-def _interval_reason(se: float, n_used: int, n_boot: int, what: str) -> str | None:
-    if not (se > 0 and math.isfinite(se)):
-        return f"the jackknife standard error of the {what} is {se:.3g}: no studentized interval"
+def _interval_reason(se: float, n_used: int, n_boot: int, what: str, scale: float = 0.0) -> str | None:
+    what_se = f"the jackknife standard error of the {what}"
+    if not math.isfinite(se):
+        return f"{what_se} is {se:.3g}"
+    reason = no_spread_reason(se, scale, what_se)
+    if reason is not None:
+        return reason
     if 2 * n_used < n_boot:
         return f"only {n_used} of {n_boot} resamples gave a defined studentized {what} (too few distinct pairs)"
     return None
@@ -708,7 +724,7 @@ def _gap_interval_unchecked(S: np.ndarray, n_boot: int, seed: int, level: float)
     se = math.sqrt(var) if var >= 0 else math.nan
     boot, boot_var = _gap_bootstrap(C, resample_indices(n, n_boot, seed))
     lo, hi, used = studentized_interval(delta, se, boot, np.sqrt(boot_var), level)
-    reason = _interval_reason(se, used, n_boot, "gap")
+    reason = _interval_reason(se, used, n_boot, "gap", float(np.max(np.abs(S))))
     if reason is not None:
         lo = hi = math.nan
     factor = 1.0 - 1.0 / n  # gap = (1 - 1/n) delta
@@ -870,13 +886,10 @@ def _check_1d(x: np.ndarray, what: str) -> np.ndarray:
 
 
 def _pow2_rescaled(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    # Squares of entries beyond ~1e154 overflow; dividing every array by one power of two is
-    # exact and leaves ratios (Cohen's d, cosines, fractions of variance) bit-identical.
-    peak = max(float(np.max(np.abs(x))) if x.size else 0.0 for x in arrays)
-    if peak == 0.0 or 1.0 / _NORM_TINY > peak > _NORM_TINY:
-        return arrays
-    exponent = int(np.frexp(peak)[1])
-    return tuple(np.ldexp(x, -exponent) for x in arrays)
+    # Dividing every array by one power of two is exact and leaves ratios (Cohen's d, cosines,
+    # fractions of variance) bit-identical.
+    exponent = _pow2_exponent(max(float(np.max(np.abs(x))) if x.size else 0.0 for x in arrays))
+    return tuple(np.ldexp(x, -exponent) for x in arrays) if exponent else arrays
 
 
 def _cohens_d_and_reason(x: np.ndarray, y: np.ndarray) -> tuple[float, str | None]:
