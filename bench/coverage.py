@@ -25,7 +25,8 @@ anisotropic}`` draws ``--reps`` samples (fixed seeds) and counts how often each 
   ``z_exact`` interval (does it hold the sample's own ``z_exact``?);
 * after: :func:`interp_tl.stats.gap_interval` (studentized, distinct-pair cells, jackknife se);
 * with ``--alternatives``: the other candidates that were screened (percentile and BCa on
-  distinct-pair cells, jackknife t), implemented here from the formulas in docs/statistics.md.
+  distinct-pair cells, jackknife t, t with the unbiased U-statistic variance), implemented here
+  from the formulas in docs/statistics.md.
 
 ``--offset`` prints the cancellation check of issue 23: a shared offset ``c`` (``|c| = 57``) plus
 a spread ``e`` that leaves ``z_exact`` unchanged; the intervals, in units of the exact null sd,
@@ -150,18 +151,34 @@ def alternative_intervals(S: np.ndarray, n_boot: int, seed: int, level: float) -
     acc = np.sum(dev**3) / (6.0 * np.sum(dev**2) ** 1.5)
     zq = norm.ppf(q / 100.0)
     alpha = norm.cdf(z0 + (z0 + zq) / (1.0 - acc * (z0 + zq)))
+    se_u = _unbiased_u_se(C, delta)
     return {
         "percentile_distinct": list(factor * np.percentile(boot, q)),
         "bca_distinct": list(factor * np.percentile(boot, 100.0 * alpha)),
         "jackknife_t": [factor * (delta - t_q * se), factor * (delta + t_q * se)],
+        "unbiased_u_t": [factor * (delta - t_q * se_u), factor * (delta + t_q * se_u)],
     }
+
+
+def _unbiased_u_se(C: np.ndarray, delta: float) -> float:
+    """sd of delta from the unbiased variance estimate of an order-2 U-statistic.
+
+    delta is the U-statistic of the kernel H_ij = (C_ii + C_jj - C_ij - C_ji) / 2 (i != j); with H centred
+    at delta, Var-hat = (4 sum_i r_i^2 - 2 sum_ij H_ij^2) / (n (n-1) (n-2) (n-3)), r_i the row sums.
+    """
+    n = C.shape[0]
+    dg = np.diagonal(C)
+    H = 0.5 * (dg[:, None] + dg[None, :] - C - C.T) - delta
+    np.fill_diagonal(H, 0.0)
+    var = (4.0 * np.sum(H.sum(1) ** 2) - 2.0 * np.sum(H * H)) / (n * (n - 1) * (n - 2) * (n - 3))
+    return math.sqrt(max(var, 0.0))
 
 
 # --- the grid ----------------------------------------------------------------------------------------
 
 
 def run_cell(kind: str, s: float, n: int, reps: int, n_boot: int, truth_row: dict[str, float],
-             alternatives: bool) -> dict:
+             alternatives: bool = False, before: bool = True) -> dict:
     target = (1.0 - 1.0 / n) * (truth_row["E_cos_matched"] - truth_row["E_cos_other"])
     rng = np.random.default_rng([11, KINDS.index(kind), int(round(10 * s)), n])
     hits: dict[str, int] = {}
@@ -175,10 +192,11 @@ def run_cell(kind: str, s: float, n: int, reps: int, n_boot: int, truth_row: dic
     for rep in range(reps):
         a, b = draw(rng, n, s, kind)
         S = stats.similarity(a, b)
-        gap_old, z_old = before_intervals(S, n_boot, rep, LEVEL)
-        count("before", *gap_old)
-        z_exact = stats.matched_vs_scrambled_z(a, b, n_perms=1).z_exact
-        z_own += int(z_old[0] <= z_exact <= z_old[1])
+        if before:
+            gap_old, z_old = before_intervals(S, n_boot, rep, LEVEL)
+            count("before", *gap_old)
+            z_exact = stats.matched_vs_scrambled_z(a, b, n_perms=1).z_exact
+            z_own += int(z_old[0] <= z_exact <= z_old[1])
         after = stats.gap_interval(S, n_boot=n_boot, seed=rep, level=LEVEL)
         count("after", after.lo, after.hi)
         if alternatives:
@@ -187,18 +205,38 @@ def run_cell(kind: str, s: float, n: int, reps: int, n_boot: int, truth_row: dic
     return {"kind": kind, "s": s, "n": n, "truth": target, "reps": reps, "n_boot": n_boot,
             "coverage_pct": {k: 100.0 * v / reps for k, v in hits.items()},
             "mean_width": {k: v / reps for k, v in widths.items()},
-            "before_z_interval_holds_own_z_exact_pct": 100.0 * z_own / reps}
+            "before_z_interval_holds_own_z_exact_pct": 100.0 * z_own / reps if before else None}
 
 
-def offset_check(n: int = 50, s: float = 0.3, n_boot: int = 1000) -> list[dict]:
-    """Shared offset c (|c| = 57) plus spread e: z_exact stays put, so must the intervals (in null-sd units)."""
+def offset_pairs(e: float, n: int = 50, s: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Issue 23's case: a shared offset c (|c| = 57) plus spread e; cosines within ~1e-8 of 1 at e = 0.001."""
     rng = np.random.default_rng(2023)
     c = rng.standard_normal(D)
     c *= 57.0 / np.linalg.norm(c)
     x, e1, e2 = rng.standard_normal((3, n, D))
+    return c + e * (x + s * e1), c + e * (x + s * e2)
+
+
+def exact_shift_check(e: float = 0.001, n_boot: int = 1000) -> dict:
+    """S versus S - mean(S) (exact by Sterbenz: every entry is within 2x of the mean): the largest relative change."""
+    S = stats.similarity(*offset_pairs(e))
+    T = S - S.mean()
+    rel = {}
+    for name, fn in (("before_gap", lambda M: before_intervals(M, n_boot, 0, LEVEL)[0]),
+                     ("before_z", lambda M: before_intervals(M, n_boot, 0, LEVEL)[1]),
+                     ("after_gap", lambda M: (lambda iv: [iv.lo, iv.hi, iv.se])(stats.gap_interval(M, n_boot=n_boot)))):
+        x, y = np.array(fn(S)), np.array(fn(T))
+        rel[name] = {"on_S": x.tolist(), "on_S_minus_mean": y.tolist(), "max_rel_change": float(np.max(np.abs(y / x - 1)))}
+    z = [(np.mean(np.diag(M)) - stats.exact_null(M)[0]) / stats.exact_null(M)[1] for M in (S, T)]
+    rel["z_exact"] = {"on_S": z[0], "on_S_minus_mean": z[1], "max_rel_change": abs(z[1] / z[0] - 1)}
+    return {"e": e, "S_min": float(S.min()), "S_max": float(S.max()), **rel}
+
+
+def offset_check(n_boot: int = 1000) -> list[dict]:
+    """Shared offset c (|c| = 57) plus spread e: z_exact stays put, so must the intervals (in null-sd units)."""
     rows = []
     for e in (0.1, 0.01, 0.001):
-        a, b = c + e * (x + s * e1), c + e * (x + s * e2)
+        a, b = offset_pairs(e)
         S = stats.similarity(a, b)
         res = stats.matched_vs_scrambled_z(a, b, n_perms=1)
         gap_old, z_old = before_intervals(S, n_boot, 0, LEVEL)
@@ -228,9 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default="", help="write results: a path, or 'auto' for bench/results/")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    names = ["before", "after"] + (["percentile_distinct", "bca_distinct", "jackknife_t"] if args.alternatives else [])
+    names = ["before", "after"] + (["percentile_distinct", "bca_distinct", "jackknife_t", "unbiased_u_t"]
+                                   if args.alternatives else [])
     wanted = {tuple(c.split(":")) for c in args.cells.split(",") if c}
-    truths = {(kind, s): truth(s, kind) for kind in KINDS for s in GRID_S}
+    truths = {(kind, s): truth(s, kind) for kind in KINDS for s in GRID_S
+              if not wanted or any(w[:2] == (kind, str(s)) for w in wanted)}
     print(f"coverage of 95% intervals (%), {args.reps} samples per cell, n_boot = {args.n_boot}; "
           f"* outside {TARGET[0]}-{TARGET[1]}")
     print("| case | s | n | truth | " + " | ".join(names) + " | before z interval holds own z_exact |")
@@ -249,12 +289,16 @@ def main(argv: list[str] | None = None) -> int:
                       "truth_draws": TRUTH_DRAWS},
            "truth": [{"kind": k, "s": s, **v} for (k, s), v in truths.items()], "cells": rows}
     if args.offset:
-        out["offset"] = offset_check()
+        out["offset"] = offset_check(args.n_boot)
         for r in out["offset"]:
             print(f"e = {r['e']}: z_exact {r['z_exact']:.6f}; before z interval "
                   f"[{r['before_z_interval'][0]:.2f}, {r['before_z_interval'][1]:.2f}]; gap interval / null sd: before "
                   f"[{r['before_gap_interval_over_sd'][0]:.6f}, {r['before_gap_interval_over_sd'][1]:.6f}], after "
                   f"[{r['after_gap_interval_over_sd'][0]:.6f}, {r['after_gap_interval_over_sd'][1]:.6f}]")
+        out["exact_shift"] = shift = exact_shift_check(n_boot=args.n_boot)
+        print(f"S vs S - mean(S) at e = 0.001 (S in [{shift['S_min']:.10f}, {shift['S_max']:.10f}]): max relative change "
+              + ", ".join(f"{k} {shift[k]['max_rel_change']:.2e}" for k in ("z_exact", "before_gap", "before_z", "after_gap"))
+              + f"; before z interval {shift['before_z']['on_S']} -> {shift['before_z']['on_S_minus_mean']}")
     print(f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     if args.json:
         path = Path(args.json if args.json != "auto" else

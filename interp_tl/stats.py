@@ -508,7 +508,7 @@ class BootstrapInterval:
         }
 
 
-#: :attr:`BootstrapInterval.method` of :func:`gap_interval` and :func:`studentized_bootstrap`.
+#: :attr:`BootstrapInterval.method` of :func:`studentized_bootstrap`.
 STUDENTIZED = "studentized bootstrap over pairs, jackknife se"
 #: :attr:`BootstrapInterval.method` of :func:`gap_interval` (the gap's resamples skip same-pair cells).
 GAP_METHOD = STUDENTIZED + ", cells of two different drawn pairs"
