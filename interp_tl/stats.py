@@ -1098,7 +1098,9 @@ def language_subspace(
     """
     dev = problem_centred(acts)
     d = dev.shape[1]
-    _, s, vt = np.linalg.svd(dev, full_matrices=False)
+    # Activations beyond ~1e154 would overflow s**2: decompose dev / 2**e (exact), report s * 2**e.
+    exponent = _pow2_exponent(float(np.max(np.abs(dev))) if dev.size else 0.0)
+    _, s, vt = np.linalg.svd(np.ldexp(dev, -exponent) if exponent else dev, full_matrices=False)
     total = float((s**2).sum())
     if total == 0:
         raise BadInputError("the activations do not vary across languages: no language subspace")
@@ -1117,4 +1119,4 @@ def language_subspace(
     axes = vt[:k].T.copy()
     flip = np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(k)])
     axes *= flip
-    return LanguageSubspace(axes, s, float(scree[:k].sum()), scree, rank)
+    return LanguageSubspace(axes, np.ldexp(s, exponent) if exponent else s, float(scree[:k].sum()), scree, rank)

@@ -640,3 +640,14 @@ def test_principal_components_huge_values():
     big, ref = principal_components(x * 1e200, 3), principal_components(x, 3)
     np.testing.assert_allclose(big.components, ref.components, atol=1e-12)
     np.testing.assert_allclose(big.explained_variance_ratio, ref.explained_variance_ratio, rtol=1e-12)
+
+
+def test_language_subspace_huge_activations():
+    from interp_tl.stats import language_subspace
+
+    acts = np.random.default_rng(31).standard_normal((12, 3, 8))
+    big, ref = language_subspace(acts * 1e200, k=2), language_subspace(acts, k=2)
+    np.testing.assert_allclose(big.axes, ref.axes, atol=1e-12)
+    np.testing.assert_allclose(big.scree, ref.scree, rtol=1e-12)
+    np.testing.assert_allclose(big.singular_values / 1e200, ref.singular_values, rtol=1e-12)
+    assert big.rank == ref.rank
