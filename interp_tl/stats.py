@@ -7,7 +7,17 @@ random permutations give the scrambled null.
 
 The Monte Carlo z reproduces the research scripts exactly: every call draws its permutations from
 a fresh ``RandomState(seed)``, so all calls with the same ``n`` use the same permutations. The
-exact null (Hoeffding's combinatorial CLT moments) needs no sampling and is reported beside it.
+exact null (Hoeffding's combinatorial CLT moments) needs no sampling and is reported beside it,
+with two deterministic p-values from those moments.
+
+The gap ``matched - null mean`` gets a studentized bootstrap interval over pairs whose resamples
+use only cells with two different drawn pairs (:func:`gap_interval`); its coverage is measured by
+simulation in ``bench/coverage.py`` and documented in ``docs/statistics.md``.
+:func:`studentized_bootstrap` is the same interval for any statistic of paired rows.
+
+A similarity matrix whose doubly centred part is rounding noise (:data:`SPREAD_RTOL`) carries no
+pairing information: every statistic derived from it is NaN (None in the JSON-ready dicts) with
+the reason in ``degenerate``.
 
 :func:`language_subspace` is the other multi-language statistic: the directions along which the
 same problem's activation moves when only its language changes (problem-centred SVD).
@@ -19,10 +29,11 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from jaxtyping import Float, Int
+from scipy.special import ndtr
 from scipy.stats import rankdata
 
 from interp_tl.errors import BadInputError
@@ -31,11 +42,31 @@ from interp_tl.errors import BadInputError
 # large n_perms * n while leaving each chunk large enough that the Python overhead is negligible.
 _GATHER_BUDGET = 1 << 22
 
+#: "No spread": a spread (rms of the doubly centred similarity matrix, a pooled sd, a jackknife
+#: se) at or below this fraction of the data's own scale is float64 rounding, not signal.
+#: Measured (docs/statistics.md): float64 cosines are within 4.8e-16 of a long-double reference
+#: up to d = 4096 and one-vector-per-language inputs leave rms(D) <= 1.2e-15 max|S| (~800x below);
+#: the tightest real spread we know of (|c| = 57, e = 0.001) is 1.4e-9 (~1400x above).
+SPREAD_RTOL = 1e-12
+
+# Rows whose norm over- or underflows float64 are scaled by a power of two first (exact).
+_NORM_TINY = 1e-150
+
+# Largest seed numpy's RandomState accepts, plus one.
+_SEED_LIMIT = 2**32
+
 
 def _finite_float(value: float) -> float | None:
     """A plain float, or None for nan/inf so that ``json.dumps(..., allow_nan=False)`` works."""
     value = float(value)
     return value if math.isfinite(value) else None
+
+
+def _pow2_exponent(peak: float) -> int:
+    """0 for magnitudes whose squares are safe; else ``e`` with ``peak / 2**e`` in [0.5, 1)."""
+    if peak == 0.0 or 1.0 / _NORM_TINY > peak > _NORM_TINY:
+        return 0
+    return int(np.frexp(peak)[1])
 
 
 def _check_2d(x: np.ndarray, what: str) -> np.ndarray:
@@ -63,15 +94,29 @@ def unit_rows(x: Float[np.ndarray, "n d"]) -> Float[np.ndarray, "n d"]:
 
     Pitfall: float32 activations are upcast before normalizing, so results can differ from a
     float32 computation in the 7th digit; the research scripts' inputs were float64 already.
+    Rows whose squared norm would over- or underflow (entries beyond ~1e154 or below ~1e-154)
+    are first scaled by a power of two, which is exact; all other rows are divided by their
+    plain norm, bit for bit as before.
     """
     x = _check_2d(x, "input")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    zero = np.flatnonzero(norms[:, 0] == 0)
+    peak = np.max(np.abs(x), axis=1) if x.shape[1] else np.zeros(x.shape[0])
+    zero = np.flatnonzero(peak == 0)
     if zero.size:
         raise BadInputError(
             f"row {int(zero[0])} has zero norm: a zero activation cannot be unit-normalized"
         )
-    return x / norms
+    with np.errstate(over="ignore", under="ignore"):
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+    risky = ~np.isfinite(norms[:, 0]) | (norms[:, 0] < _NORM_TINY)
+    if not risky.any():
+        return x / norms
+    out = x / np.where(risky[:, None], 1.0, norms)
+    # frexp gives peak = m * 2**e with 0.5 <= m < 1: dividing by 2**e is exact and puts the
+    # largest entry in [0.5, 1), so the squares neither overflow nor lose the row to underflow.
+    _, exponent = np.frexp(peak[risky])
+    scaled = np.ldexp(x[risky], -exponent[:, None])
+    out[risky] = scaled / np.linalg.norm(scaled, axis=1, keepdims=True)
+    return out
 
 
 def check_pairs(
@@ -117,6 +162,14 @@ def _check_count(value: int, name: str, minimum: int) -> int:
     return int(value)
 
 
+def _check_seed(seed: int, name: str = "seed") -> int:
+    # Before numpy sees it: numpy raises its own error for a negative seed and a float seed would
+    # be truncated by int() without a word.
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < _SEED_LIMIT:
+        raise BadInputError(f"{name} must be an integer in [0, 2**32), got {seed!r}")
+    return int(seed)
+
+
 @functools.lru_cache(maxsize=16)
 def _cached_permutations(n: int, n_perms: int, seed: int) -> np.ndarray:
     rng = np.random.RandomState(seed)
@@ -139,12 +192,16 @@ def seed_permutations(n: int, n_perms: int, seed: int = 42) -> Int[np.ndarray, "
     Returns:
         An ``[n_perms, n]`` integer array, row ``k`` the ``k``-th permutation drawn.
 
+    Raises:
+        BadInputError: if ``n`` or ``n_perms`` is not an integer >= 1, or ``seed`` is not an
+            integer in ``[0, 2**32)`` (bools and floats are refused, not truncated).
+
     Pitfall: the array is cached and shared between callers, so it is read-only; copy it
     before modifying.
     """
     n = _check_count(n, "n", 1)
     n_perms = _check_count(n_perms, "n_perms", 1)
-    return _cached_permutations(n, n_perms, int(seed))
+    return _cached_permutations(n, n_perms, _check_seed(seed))
 
 
 def similarity(
@@ -181,6 +238,11 @@ def _perm_stats(S: np.ndarray, perms: np.ndarray) -> np.ndarray:
 
 
 def _exact_null_unchecked(S: np.ndarray) -> tuple[float, float]:
+    exponent = _pow2_exponent(float(np.max(np.abs(S))))
+    if exponent:
+        # Squares of entries beyond ~1e+-154 over/underflow: work on S / 2**e (exact) and scale back.
+        mean, sd = _exact_null_unchecked(np.ldexp(S, -exponent))
+        return math.ldexp(mean, exponent), math.ldexp(sd, exponent)
     n = S.shape[0]
     row = S.mean(axis=1, keepdims=True)
     col = S.mean(axis=0, keepdims=True)
@@ -209,10 +271,7 @@ def exact_null(S: Float[np.ndarray, "n n"]) -> tuple[float, float]:
     Pitfall: these are the moments over all ``n!`` permutations, identity included; a Monte
     Carlo null differs from them by sampling error only.
     """
-    S = _check_2d(S, "similarity matrix")
-    if S.shape[0] != S.shape[1] or S.shape[0] < 2:
-        raise BadInputError(f"similarity matrix must be square with n >= 2, got shape {S.shape}")
-    return _exact_null_unchecked(S)
+    return _exact_null_unchecked(_check_square(S))
 
 
 def _safe_z(value: float, mean: float, sd: float) -> float:
@@ -220,6 +279,73 @@ def _safe_z(value: float, mean: float, sd: float) -> float:
     if not sd > 0:
         return math.nan
     return float((value - mean) / sd)
+
+
+def no_spread_reason(spread: float, scale: float, what: str) -> str | None:
+    """Why ``spread`` counts as no spread at all relative to ``scale``; None when it has some.
+
+    The module's one rule: ``spread <= SPREAD_RTOL * scale`` (NaN included) is float64 rounding,
+    not data, and every statistic divided by that spread is reported as NaN / None.
+
+    Args:
+        spread: a non-negative spread (an sd, an rms, a singular value).
+        scale: the magnitude of the numbers the spread comes from (e.g. their largest ``|value|``).
+        what: the thing that has no spread, for the message.
+
+    Returns:
+        A one-line reason meant for the JSON, or None.
+
+    Pitfall: the scale must be the magnitude of the stored numbers, not of their spread: a large
+    shared offset makes the same absolute spread "no spread", because float64 cannot hold it.
+    """
+    if spread > SPREAD_RTOL * scale:
+        return None
+    return f"{what} has no spread: {spread:.3g} <= {SPREAD_RTOL:g} x its scale {scale:.3g} (float64 rounding)"
+
+
+def _similarity_reason(S: np.ndarray, null_sd: float) -> str | None:
+    # Every pairing statistic sees S only through D = S - row - col + grand (plus the grand mean),
+    # and rms(D) = null_sd * sqrt(n - 1) (see _exact_null_unchecked).
+    rms = null_sd * math.sqrt(S.shape[0] - 1)
+    return no_spread_reason(rms, float(np.max(np.abs(S))), "the similarity matrix minus its row and column means")
+
+
+def _check_square(S: np.ndarray, minimum: int = 2) -> np.ndarray:
+    S = _check_2d(S, "similarity matrix")
+    if S.shape[0] != S.shape[1] or S.shape[0] < minimum:
+        raise BadInputError(f"similarity matrix must be square with n >= {minimum}, got shape {S.shape}")
+    return S
+
+
+def similarity_spread_reason(S: Float[np.ndarray, "n n"]) -> str | None:
+    """Why ``S`` carries no pairing information (None when it does).
+
+    ``T(pi) = mean_i S[i, pi(i)]`` differs between pairings only through the doubly centred
+    ``D = S - row means - column means + grand mean``; when the rms of ``D`` is at most
+    :data:`SPREAD_RTOL` times ``max |S|`` the differences are rounding and z, z_exact, the
+    p-values, the gap and its interval, and retrieval are all NaN / None with this reason.
+
+    Args:
+        S: a square ``[n, n]`` similarity matrix, ``n >= 2``.
+
+    Returns:
+        A one-line reason, or None.
+
+    Raises:
+        BadInputError: as :func:`exact_null`.
+
+    Pitfall: one language's rows all equal (e.g. every prompt ends in the same token) is enough:
+    ``S[i, j]`` then depends on ``j`` only, and ``D`` is zero.
+    """
+    S = _check_square(S)
+    return _similarity_reason(S, _exact_null_unchecked(S)[1])
+
+
+def _exact_p_values(z_exact: float) -> tuple[float, float]:
+    if math.isnan(z_exact):
+        return math.nan, math.nan
+    # Cantelli: P(T - mu >= z sigma) <= 1 / (1 + z^2) for any distribution with these moments.
+    return float(ndtr(-z_exact)), (1.0 / (1.0 + z_exact * z_exact) if z_exact > 0 else 1.0)
 
 
 @dataclass(frozen=True)
@@ -237,6 +363,13 @@ class AlignmentZ:
         null_sd_exact: exact sd of the permutation null.
         z_exact: ``(matched - null_mean_exact) / null_sd_exact``.
         p_value: one-sided upper Monte Carlo p, ``(1 + #{T_perm >= matched}) / (n_perms + 1)``.
+        gap: ``matched - null_mean_exact`` (= ``(1 - 1/n)`` x (matched - mean off-diagonal S)).
+        p_normal: ``P(N(0, 1) >= z_exact)``, the exact-null p by Hoeffding's combinatorial CLT
+            (deterministic; an approximation, poor far in the tail).
+        p_bound: ``1 / (1 + z_exact^2)`` (1 when ``z_exact <= 0``), Cantelli's bound: a
+            guaranteed upper bound on the exact permutation p over all ``n!`` pairings.
+        degenerate: why the pairings cannot be told apart (then z, z_exact, p_value, gap,
+            p_normal and p_bound are NaN); None normally.
     """
 
     z: float
@@ -249,13 +382,20 @@ class AlignmentZ:
     null_sd_exact: float
     z_exact: float
     p_value: float
+    gap: float
+    p_normal: float
+    p_bound: float
+    degenerate: str | None
 
-    def as_dict(self) -> dict[str, float | int | None]:
-        """The fields as plain ints and floats, with nan/inf as None (JSON-safe)."""
-        out: dict[str, float | int | None] = {}
+    def as_dict(self) -> dict[str, float | int | str | None]:
+        """The fields as plain ints, floats and strings, with nan/inf as None (JSON-safe)."""
+        out: dict[str, float | int | str | None] = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            out[field.name] = int(value) if isinstance(value, (int, np.integer)) else _finite_float(value)
+            if value is None or isinstance(value, str):
+                out[field.name] = value
+            else:
+                out[field.name] = int(value) if isinstance(value, (int, np.integer)) else _finite_float(value)
         return out
 
 
@@ -267,8 +407,15 @@ def _alignment_from_similarity(S: np.ndarray, n_perms: int, seed: int) -> Alignm
     scrambled = _perm_stats(S, seed_permutations(n, n_perms, seed))
     mean, std = float(scrambled.mean()), float(scrambled.std())
     null_mean, null_sd = _exact_null_unchecked(S)
+    reason = _similarity_reason(S, null_sd)
+    if reason is None:
+        z, z_exact = _safe_z(matched, mean, std), _safe_z(matched, null_mean, null_sd)
+        p_value, gap = (1 + int(np.sum(scrambled >= matched))) / (n_perms + 1), matched - null_mean
+    else:
+        z = z_exact = p_value = gap = math.nan
+    p_normal, p_bound = _exact_p_values(z_exact)
     return AlignmentZ(
-        z=_safe_z(matched, mean, std),
+        z=z,
         matched=matched,
         scrambled_mean=mean,
         scrambled_std=std,
@@ -276,8 +423,12 @@ def _alignment_from_similarity(S: np.ndarray, n_perms: int, seed: int) -> Alignm
         n_perms=n_perms,
         null_mean_exact=null_mean,
         null_sd_exact=null_sd,
-        z_exact=_safe_z(matched, null_mean, null_sd),
-        p_value=(1 + int(np.sum(scrambled >= matched))) / (n_perms + 1),
+        z_exact=z_exact,
+        p_value=p_value,
+        gap=gap,
+        p_normal=p_normal,
+        p_bound=p_bound,
+        degenerate=reason,
     )
 
 
@@ -299,57 +450,340 @@ def matched_vs_scrambled_z(
         seed: seed of the fresh ``RandomState`` the permutations come from.
 
     Returns:
-        An :class:`AlignmentZ` with the Monte Carlo z, the exact-null z and the p-value.
+        An :class:`AlignmentZ` with the Monte Carlo z, the exact-null z, the p-values and the
+        gap; all NaN with a reason in ``degenerate`` when ``S`` has no spread
+        (:func:`similarity_spread_reason`).
 
     Raises:
-        BadInputError: as :func:`similarity`, or if ``n_perms < 1``.
+        BadInputError: as :func:`similarity`, if ``n_perms < 1``, or ``seed`` is not an integer
+            in ``[0, 2**32)``.
 
     Pitfall: the permutations are the same on every call with the same ``n`` and seed, so
     repeated calls (layers, models) share one null draw and their errors are correlated;
     ``z_exact`` has no sampling error.
     """
     n_perms = _check_count(n_perms, "n_perms", 1)
-    return _alignment_from_similarity(similarity(a, b), n_perms, int(seed))
+    return _alignment_from_similarity(similarity(a, b), n_perms, _check_seed(seed))
 
 
-def _percentile_interval(values: np.ndarray, level: float) -> list[float | None]:
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return [None, None]
-    lo, hi = np.percentile(values, [50.0 * (1.0 - level), 50.0 * (1.0 + level)])
-    return [_finite_float(lo), _finite_float(hi)]
+@dataclass(frozen=True)
+class BootstrapInterval:
+    """A bootstrap confidence interval and what produced it.
 
-
-def _bootstrap_counts(idx: np.ndarray, n: int) -> np.ndarray:
-    counts = np.zeros((idx.shape[0], n))
-    np.add.at(counts, (np.arange(idx.shape[0])[:, None], idx), 1.0)
-    return counts
-
-
-def _bootstrap_stats(S: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Gap and exact z of every resample ``S[idx][:, idx]`` from its counts ``w`` (no n x n copy).
-
-    With ``R = S w / n`` and ``C = S^T w / n`` (row and column means of the resampled matrix by
-    original index) and ``g = w^T S w / n^2``, the Hoeffding sum of squares is
-    ``w^T (S*S) w - n w.R^2 - n w.C^2 + n^2 g^2``.
+    Attributes:
+        estimate: the statistic on the sample.
+        lo: lower end (NaN when ``reason`` is set).
+        hi: upper end (NaN when ``reason`` is set).
+        se: jackknife standard error of the statistic on the sample.
+        level: nominal two-sided coverage.
+        n_boot: resamples drawn.
+        n_used: resamples whose studentized value was finite (the quantiles come from these).
+        seed: seed of the resampling generator (:func:`resample_indices`).
+        method: how the interval was made.
+        reason: why there is no interval; None when there is one.
     """
-    n = S.shape[0]
-    sw, stw = w @ S.T, w @ S
-    grand = np.einsum("bi,bi->b", w, sw) / n**2
-    sum_sq = np.einsum("bi,bi->b", w @ (S * S).T, w)
-    rows = np.einsum("bi,bi->b", w, (sw / n) ** 2)
-    cols = np.einsum("bi,bi->b", w, (stw / n) ** 2)
-    var = np.maximum(sum_sq - n * rows - n * cols + n**2 * grand**2, 0.0) / (n * n * (n - 1))
-    matched = w @ np.diagonal(S) / n
-    sd = np.sqrt(var)
+
+    estimate: float
+    lo: float
+    hi: float
+    se: float
+    level: float
+    n_boot: int
+    n_used: int
+    seed: int
+    method: str
+    reason: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """``estimate``, ``interval`` ``[lo, hi]``, ``se`` and the settings; NaN as None (JSON-safe)."""
+        return {
+            "estimate": _finite_float(self.estimate),
+            "interval": [_finite_float(self.lo), _finite_float(self.hi)],
+            "se": _finite_float(self.se),
+            "level": float(self.level),
+            "n_boot": int(self.n_boot),
+            "n_used": int(self.n_used),
+            "seed": int(self.seed),
+            "method": self.method,
+            "reason": self.reason,
+        }
+
+
+#: :attr:`BootstrapInterval.method` of :func:`studentized_bootstrap`.
+STUDENTIZED = "studentized bootstrap over pairs, jackknife se"
+#: :attr:`BootstrapInterval.method` of :func:`gap_interval` (the gap's resamples skip same-pair cells).
+GAP_METHOD = STUDENTIZED + ", cells of two different drawn pairs"
+
+
+def _check_level(level: float) -> float:
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) or not 0.0 < level < 1.0:
+        raise BadInputError(f"level must be in (0, 1), got {level!r}")
+    return float(level)
+
+
+def resample_indices(n: int, n_boot: int, seed: int = 0) -> Int[np.ndarray, "n_boot n"]:
+    """Row indices of every bootstrap resample, pairs kept together.
+
+    Args:
+        n: rows (pairs) in the sample.
+        n_boot: resamples.
+        seed: seed of ``np.random.default_rng``.
+
+    Returns:
+        ``default_rng(seed).integers(0, n, size=(n_boot, n))``: one call for all resamples
+        (drawing row by row from the same generator gives other indices).
+
+    Raises:
+        BadInputError: if ``n`` or ``n_boot`` is not an integer >= 1, or the seed is invalid.
+
+    Pitfall: analyses that should share resamples (e.g. the shares of one gap) must use the same
+    seed and ``n``; a different ``n_boot`` changes every resample, not just their number.
+    """
+    n = _check_count(n, "n", 1)
+    n_boot = _check_count(n_boot, "n_boot", 1)
+    return np.random.default_rng(_check_seed(seed)).integers(0, n, size=(n_boot, n))
+
+
+def studentized_interval(
+    estimate: float,
+    se: float,
+    boot_estimates: Float[np.ndarray, " n_boot"],
+    boot_ses: Float[np.ndarray, " n_boot"],
+    level: float = 0.95,
+) -> tuple[float, float, int]:
+    """Bootstrap-t interval from its ingredients.
+
+    With ``t_b = (boot_estimates[b] - estimate) / boot_ses[b]`` over the resamples where it is
+    finite, the interval is ``[estimate - q(1 - alpha/2) se, estimate - q(alpha/2) se]`` with
+    ``q`` the empirical quantiles of ``t`` (``np.percentile``, linear) and ``alpha = 1 - level``.
+
+    Args:
+        estimate: the statistic on the sample.
+        se: its standard error on the sample (same estimator as ``boot_ses``).
+        boot_estimates: the statistic on each resample.
+        boot_ses: its standard error on each resample.
+        level: nominal two-sided coverage, in (0, 1).
+
+    Returns:
+        ``(lo, hi, n_used)``; ``lo`` and ``hi`` are NaN when ``se`` is not positive or no
+        ``t_b`` is finite.
+
+    Raises:
+        BadInputError: if ``level`` is outside (0, 1).
+
+    Pitfall: a common factor in the se estimator cancels (e.g. the jackknife's upward bias for
+    U-statistics); an se that is biased differently on resamples than on the sample does not.
+    """
+    level = _check_level(level)
+    boot = np.asarray(boot_estimates, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        zs = np.where(sd > 0, (matched - grand) / np.where(sd > 0, sd, 1.0), np.nan)
-    return matched - grand, zs
+        t = (boot - estimate) / np.asarray(boot_ses, dtype=np.float64)
+    t = t[np.isfinite(t)]
+    if t.size == 0 or not (se > 0 and math.isfinite(se)):
+        return math.nan, math.nan, int(t.size)
+    q_lo, q_hi = np.percentile(t, [50.0 * (1.0 - level), 50.0 * (1.0 + level)])
+    return float(estimate - q_hi * se), float(estimate - q_lo * se), int(t.size)
 
 
-def _bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
-    # One call for all resamples: drawing row by row from the same generator gives other indices.
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+def jackknife_se(leave_one_out: Float[np.ndarray, " n"]) -> float:
+    """Jackknife standard error ``sqrt((n - 1) / n * sum_i (theta_(i) - mean)^2)``.
+
+    Args:
+        leave_one_out: the statistic with each of the ``n`` rows left out in turn.
+
+    Returns:
+        The standard error (NaN if a value is not finite or ``n < 2``).
+
+    Pitfall: centred before squaring, so a large common offset costs no precision.
+    """
+    values = np.asarray(leave_one_out, dtype=np.float64)
+    if values.ndim != 1 or values.size < 2 or not np.all(np.isfinite(values)):
+        return math.nan
+    n = values.size
+    return math.sqrt((n - 1) / n * float(np.sum((values - values.mean()) ** 2)))
+
+
+def jackknifed(estimator: Callable[[np.ndarray], float]) -> Callable[[np.ndarray], tuple[float, float]]:
+    """Turn ``estimator(rows) -> value`` into ``statistic(rows) -> (value, jackknife se)``.
+
+    The se leaves out each position of ``rows`` in turn (a row drawn twice is left out twice),
+    so it costs ``len(rows) + 1`` calls; pass the result to :func:`studentized_bootstrap`.
+    """
+
+    def statistic(rows: np.ndarray) -> tuple[float, float]:
+        rows = np.asarray(rows)
+        keep = ~np.eye(rows.size, dtype=bool)
+        loo = np.array([estimator(rows[mask]) for mask in keep])
+        return float(estimator(rows)), jackknife_se(loo)
+
+    return statistic
+
+
+def _interval_reason(se: float, n_used: int, n_boot: int, what: str, scale: float = 0.0) -> str | None:
+    what_se = f"the jackknife standard error of the {what}"
+    if not math.isfinite(se):
+        return f"{what_se} is {se:.3g}"
+    reason = no_spread_reason(se, scale, what_se)
+    if reason is not None:
+        return reason
+    if 2 * n_used < n_boot:
+        return f"only {n_used} of {n_boot} resamples gave a defined studentized {what} (too few distinct pairs)"
+    return None
+
+
+def studentized_bootstrap(
+    statistic: Callable[[np.ndarray], tuple[float, float]],
+    n: int,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> BootstrapInterval:
+    """Studentized (bootstrap-t) interval over rows for any statistic of paired rows.
+
+    Args:
+        statistic: ``statistic(rows) -> (estimate, se)`` on the sample's rows ``rows`` (an
+            integer array of length ``n``, drawn with replacement); :func:`jackknifed` makes one
+            from a plain estimator.
+        n: rows in the sample; the sample itself is ``statistic(np.arange(n))``.
+        n_boot: resamples (:func:`resample_indices`).
+        seed: seed of the resamples.
+        level: nominal two-sided coverage, in (0, 1).
+
+    Returns:
+        A :class:`BootstrapInterval` (method :data:`STUDENTIZED`); no interval (NaN ends, a
+        reason) when the sample's se is not positive or fewer than half the resamples gave a
+        finite studentized value.
+
+    Raises:
+        BadInputError: on an invalid ``n``, ``n_boot``, ``seed`` or ``level``.
+
+    Pitfall: the statistic must treat a row drawn twice as two observations of one unit; a
+    statistic over pairs of rows should skip the pairs of a row with its own copy, as
+    :func:`gap_interval` does, or the resamples are biased. Coverage is only measured for the gap.
+    """
+    level = _check_level(level)
+    idx = resample_indices(n, n_boot, seed)
+    estimate, se = (float(v) for v in statistic(np.arange(idx.shape[1])))
+    boot = np.array([statistic(rows) for rows in idx], dtype=np.float64).reshape(idx.shape[0], 2)
+    lo, hi, used = studentized_interval(estimate, se, boot[:, 0], boot[:, 1], level)
+    reason = _interval_reason(se, used, idx.shape[0], "statistic")
+    if reason is not None:
+        lo = hi = math.nan
+    return BootstrapInterval(estimate, lo, hi, se, level, idx.shape[0], used, int(seed), STUDENTIZED, reason)
+
+
+def _resample_counts(idx: np.ndarray, n: int) -> np.ndarray:
+    flat = (idx + n * np.arange(idx.shape[0])[:, None]).ravel()
+    return np.bincount(flat, minlength=idx.shape[0] * n).reshape(idx.shape[0], n).astype(np.float64)
+
+
+def _distinct_cell_gaps(C: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per resample (counts ``w``): ``delta`` and its jackknife variance over the resample's draws.
+
+    ``delta = mean of drawn diagonal cells - mean of cells (k, l) whose drawn pairs differ``;
+    on the sample (``w = 1``) it equals ``gap / (1 - 1/n)``. Leaving out one draw of pair ``i``
+    changes ``w_i`` by one, so every leave-one-out value is O(1) from ``C w`` and ``C^T w``.
+    """
+    n = C.shape[0]
+    dg = np.diagonal(C)
+    cw, ctw = w @ C.T, w @ C
+    total = np.einsum("bi,bi->b", w, cw)  # sum over all drawn cells, w^T C w
+    w2 = w * w
+    same, n_same = w2 @ dg, w2.sum(axis=1)  # cells whose two draws are the same pair
+    diag = w @ dg
+    m = n - 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        delta = diag / n - (total - same) / (n * n - n_same)
+        loo_cells = (total[:, None] - cw - ctw + dg) - (same[:, None] - (2.0 * w - 1.0) * dg)
+        loo_count = m * m - (n_same[:, None] - 2.0 * w + 1.0)
+        loo = np.where(w > 0, (diag[:, None] - dg) / m - loo_cells / loo_count, 0.0)
+        mean = np.sum(w * loo, axis=1) / n
+        var = (n - 1) / n * np.sum(w * (loo - mean[:, None]) ** 2, axis=1)
+    return delta, np.where(np.isfinite(var), var, np.nan)
+
+
+def _gap_bootstrap(C: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n = C.shape[0]
+    # About ten [chunk, n] arrays are alive at once; keep them near _GATHER_BUDGET elements in all.
+    chunk = max(1, _GATHER_BUDGET // (8 * n))
+    delta, var = np.empty(idx.shape[0]), np.empty(idx.shape[0])
+    for start in range(0, idx.shape[0], chunk):
+        part = slice(start, start + chunk)
+        delta[part], var[part] = _distinct_cell_gaps(C, _resample_counts(idx[part], n))
+    return delta, var
+
+
+def _gap_interval_unchecked(S: np.ndarray, n_boot: int, seed: int, level: float) -> BootstrapInterval:
+    n = S.shape[0]
+    reason = _similarity_reason(S, _exact_null_unchecked(S)[1])
+    if reason is not None:
+        return BootstrapInterval(math.nan, math.nan, math.nan, math.nan, level, n_boot, 0, seed, GAP_METHOD, reason)
+    # The gap and its resamples do not change when a constant is added to S; removing the grand
+    # mean first keeps bunched cosines (all near 1) from cancelling in the sums.
+    C = S - S.mean()
+    (delta,), (var,) = _distinct_cell_gaps(C, np.ones((1, n)))
+    se = math.sqrt(var) if var >= 0 else math.nan
+    boot, boot_var = _gap_bootstrap(C, resample_indices(n, n_boot, seed))
+    lo, hi, used = studentized_interval(delta, se, boot, np.sqrt(boot_var), level)
+    reason = _interval_reason(se, used, n_boot, "gap", float(np.max(np.abs(S))))
+    if reason is not None:
+        lo = hi = math.nan
+    factor = 1.0 - 1.0 / n  # gap = (1 - 1/n) delta
+    return BootstrapInterval(float(factor * delta), factor * lo, factor * hi, factor * se, level, n_boot, used, seed,
+                             GAP_METHOD, reason)
+
+
+def gap_interval(
+    S: Float[np.ndarray, "n n"], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> BootstrapInterval:
+    """Confidence interval for the gap ``mean diag S - mean S`` of any square pair matrix.
+
+    The gap is ``(1 - 1/n) (mean_i S_ii - mean_{i != j} S_ij)``; the interval targets its
+    expectation ``(1 - 1/n) (E S_ii - E S_ij)`` over draws of ``n`` pairs. Each resample draws
+    ``n`` pairs with replacement (:func:`resample_indices`) and recomputes the gap from the
+    drawn diagonal cells and only those off-diagonal cells whose two drawn pairs differ (a pair
+    drawn twice would otherwise put ``S_ii`` among the mismatched cells and pull every resample
+    down). The interval is studentized (:func:`studentized_interval`) with the jackknife se of
+    each resample, computed in closed form. Coverage at 95% nominal is measured in
+    ``bench/coverage.py`` (93-97.5% on the grid of ``docs/statistics.md``).
+
+    Args:
+        S: ``[n, n]`` matrix, ``S[i, j]`` between pair ``i``'s first and pair ``j``'s second
+            item (cosines for the alignment; a writer's share matrix works the same), ``n >= 3``.
+        n_boot: resamples.
+        seed: seed of the resamples.
+        level: nominal two-sided coverage, in (0, 1).
+
+    Returns:
+        A :class:`BootstrapInterval` of the gap (method :data:`GAP_METHOD`); no interval (NaN,
+        with a reason) when ``S`` has no spread (:func:`similarity_spread_reason`), the jackknife
+        se is 0, or fewer than half the resamples are usable (``n`` of 3 or 4).
+
+    Raises:
+        BadInputError: if ``S`` is not square with ``n >= 3`` or not finite, or on an invalid
+            ``n_boot``, ``seed`` or ``level``.
+
+    Pitfall: the interval is for the gap, which is (nearly) free of ``n``; z grows like
+    sqrt(n) at a fixed gap, so there is no z interval: test with ``p_bound`` / ``p_normal``.
+    """
+    S = _check_square(S, minimum=3)
+    n_boot = _check_count(n_boot, "n_boot", 1)
+    return _gap_interval_unchecked(S, n_boot, _check_seed(seed), _check_level(level))
+
+
+def _ci_dict(interval: BootstrapInterval) -> dict[str, Any]:
+    out = interval.as_dict()
+    return {
+        "gap": out["interval"],
+        "gap_estimate": out["estimate"],
+        "gap_se": out["se"],
+        "method": out["method"],
+        "n_boot": out["n_boot"],
+        "n_used": out["n_used"],
+        "level": out["level"],
+        "seed": out["seed"],
+        "reason": out["reason"],
+    }
 
 
 def bootstrap_ci(
@@ -359,12 +793,11 @@ def bootstrap_ci(
     seed: int = 0,
     level: float = 0.95,
 ) -> dict[str, Any]:
-    """Percentile bootstrap intervals over pairs for the alignment gap and the exact-null z.
+    """Bootstrap interval over pairs for the alignment gap ``matched - null_mean_exact``.
 
-    Each resample draws ``n`` pair indices with replacement, keeping pairs together (all
-    resamples come from one ``default_rng(seed).integers(0, n, size=(n_boot, n))`` call),
-    and evaluates, on ``S_b = S[idx][:, idx]``, the gap ``matched - exact null mean`` and
-    ``z_exact``. ``S`` is computed once.
+    :func:`gap_interval` of ``S = similarity(a, b)``: a studentized bootstrap whose resamples
+    use only cells of two different drawn pairs (resamples from one
+    ``default_rng(seed).integers(0, n, size=(n_boot, n))`` call, as before).
 
     Args:
         a: activations in the first language, ``[n_pairs, d_model]``.
@@ -374,36 +807,28 @@ def bootstrap_ci(
         level: coverage of the two-sided interval, in (0, 1).
 
     Returns:
-        ``{"gap": [lo, hi], "z_exact": [lo, hi], "n_boot", "level", "seed"}``; an interval
-        end is None only if no resample gave a finite value.
+        ``{"gap": [lo, hi], "gap_estimate", "gap_se", "method", "n_boot", "n_used", "level",
+        "seed", "reason"}``; ``gap`` is ``[None, None]`` with a ``reason`` when there is no
+        interval (see :func:`gap_interval`). There is no z interval any more (the old
+        ``"z_exact"`` key): see :func:`gap_interval`.
 
     Raises:
-        BadInputError: as :func:`similarity`, or if ``n_boot < 1`` or ``level`` is outside (0, 1).
+        BadInputError: as :func:`similarity` and :func:`gap_interval`.
 
-    Pitfall: the permutation null of a resample treats its ``n`` rows as distinct items, so a
-    pair drawn twice contributes its matched similarity to "mismatched" cells too; this raises
-    the null mean a little and makes the gap interval slightly conservative.
+    Pitfall: the interval is for the expected gap at this ``n``, ``(1 - 1/n)`` times the
+    expected matched-minus-mismatched cosine; compare gaps of different ``n`` after dividing
+    by ``1 - 1/n``.
     """
     n_boot = _check_count(n_boot, "n_boot", 1)
-    if not 0.0 < level < 1.0:
-        raise BadInputError(f"level must be in (0, 1), got {level!r}")
-    return _bootstrap_from_similarity(similarity(a, b), n_boot, int(seed), float(level))
+    seed, level = _check_seed(seed), _check_level(level)
+    return _ci_dict(_gap_interval_unchecked(similarity(a, b), n_boot, seed, level))
 
 
-def _bootstrap_from_similarity(S: np.ndarray, n_boot: int, seed: int, level: float) -> dict[str, Any]:
-    counts = _bootstrap_counts(_bootstrap_indices(S.shape[0], n_boot, seed), S.shape[0])
-    gaps, zs = _bootstrap_stats(S, counts)
-    return {
-        "gap": _percentile_interval(gaps, level),
-        "z_exact": _percentile_interval(zs, level),
-        "n_boot": n_boot,
-        "level": float(level),
-        "seed": int(seed),
-    }
-
-
-def _retrieval_from_similarity(S: np.ndarray) -> dict[str, float | int]:
+def _retrieval_from_similarity(S: np.ndarray, reason: str | None) -> dict[str, float | int | str | None]:
     n = S.shape[0]
+    if reason is not None:
+        return {"auc": None, "top1_a_to_b": None, "top1_b_to_a": None, "mean_rank_a_to_b": None,
+                "n_pairs": int(n), "degenerate": reason}
     diag = np.diagonal(S)
     off = S[~np.eye(n, dtype=bool)]
     # Mann-Whitney: AUC = (rank sum of positives - n_pos (n_pos + 1) / 2) / (n_pos n_neg),
@@ -419,12 +844,13 @@ def _retrieval_from_similarity(S: np.ndarray) -> dict[str, float | int]:
         "top1_b_to_a": float(np.mean(np.argmax(S, axis=0) == rows)),
         "mean_rank_a_to_b": float(np.mean(1.0 + above + 0.5 * ties)),
         "n_pairs": int(n),
+        "degenerate": None,
     }
 
 
 def retrieval_auc(
     a: Float[np.ndarray, "n_pairs d_model"], b: Float[np.ndarray, "n_pairs d_model"]
-) -> dict[str, float | int]:
+) -> dict[str, float | int | str | None]:
     """How well similarity retrieves the translation of each item.
 
     Args:
@@ -436,7 +862,8 @@ def retrieval_auc(
         one's (all off-diagonal S), ties 1/2; ``top1_a_to_b``: fraction of rows ``i`` with
         ``argmax_j S[i, j] == i``; ``top1_b_to_a``: the same down columns;
         ``mean_rank_a_to_b``: mean rank of the match within its row (1 = best, ties averaged);
-        ``n_pairs``.
+        ``n_pairs``; ``degenerate``: None, or the reason why the four statistics are None
+        (:func:`similarity_spread_reason`: the ranking would be rounding noise).
 
     Raises:
         BadInputError: as :func:`similarity`.
@@ -444,7 +871,8 @@ def retrieval_auc(
     Pitfall: on ties ``argmax`` takes the first index, so top-1 counts a tied match as a hit
     only when no tied column comes before it, while the AUC and mean rank split ties evenly.
     """
-    return _retrieval_from_similarity(similarity(a, b))
+    S = similarity(a, b)
+    return _retrieval_from_similarity(S, _similarity_reason(S, _exact_null_unchecked(S)[1]))
 
 
 def _check_1d(x: np.ndarray, what: str) -> np.ndarray:
@@ -458,6 +886,23 @@ def _check_1d(x: np.ndarray, what: str) -> np.ndarray:
     return x
 
 
+def _pow2_rescaled(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    # Dividing every array by one power of two is exact and leaves ratios (Cohen's d, cosines,
+    # fractions of variance) bit-identical.
+    exponent = _pow2_exponent(max(float(np.max(np.abs(x))) if x.size else 0.0 for x in arrays))
+    return tuple(np.ldexp(x, -exponent) for x in arrays) if exponent else arrays
+
+
+def _cohens_d_and_reason(x: np.ndarray, y: np.ndarray) -> tuple[float, str | None]:
+    x, y = _pow2_rescaled(_check_1d(x, "first group"), _check_1d(y, "second group"))
+    pooled = math.sqrt((float(np.var(x)) + float(np.var(y))) / 2.0)
+    scale = max(float(np.max(np.abs(x))), float(np.max(np.abs(y))))
+    reason = no_spread_reason(pooled, scale, "the pooled within-group sd")
+    if reason is not None:
+        return math.nan, reason
+    return (float(np.mean(x)) - float(np.mean(y))) / pooled, None
+
+
 def cohens_d(x: Float[np.ndarray, " n_x"], y: Float[np.ndarray, " n_y"]) -> float:
     """Cohen's d as the seeds define it: ``(mean(x) - mean(y)) / sqrt((var(x) + var(y)) / 2)``.
 
@@ -466,7 +911,9 @@ def cohens_d(x: Float[np.ndarray, " n_x"], y: Float[np.ndarray, " n_y"]) -> floa
         y: second group, 1-D.
 
     Returns:
-        The standardized mean difference, or nan when the pooled sd is 0.
+        The standardized mean difference, or nan when the pooled sd has no spread
+        (:func:`no_spread_reason` against the largest ``|value|``); :func:`cohens_d_summary`
+        says why.
 
     Raises:
         BadInputError: if either input is empty, not 1-D, or not finite.
@@ -474,12 +921,17 @@ def cohens_d(x: Float[np.ndarray, " n_x"], y: Float[np.ndarray, " n_y"]) -> floa
     Pitfall: variances are ``ddof=0`` and the pooling is unweighted by group size, which is
     not the textbook pooled sd when the groups differ in size; kept for comparability.
     """
-    x = _check_1d(x, "first group")
-    y = _check_1d(y, "second group")
-    pooled = math.sqrt((float(np.var(x)) + float(np.var(y))) / 2.0)
-    if pooled == 0.0:
-        return math.nan
-    return (float(np.mean(x)) - float(np.mean(y))) / pooled
+    return _cohens_d_and_reason(x, y)[0]
+
+
+def cohens_d_summary(x: Float[np.ndarray, " n_x"], y: Float[np.ndarray, " n_y"]) -> dict[str, float | str | None]:
+    """:func:`cohens_d` for the JSON: ``{"d": value or None, "reason": None or why there is none}``.
+
+    Raises:
+        BadInputError: as :func:`cohens_d`.
+    """
+    d, reason = _cohens_d_and_reason(x, y)
+    return {"d": _finite_float(d), "reason": reason}
 
 
 def alignment_summary(
@@ -510,12 +962,83 @@ def alignment_summary(
     """
     n_perms = _check_count(n_perms, "n_perms", 1)
     n_boot = _check_count(n_boot, "n_boot", 0)
+    seed = _check_seed(seed)
     S = similarity(a, b)
-    out: dict[str, Any] = _alignment_from_similarity(S, n_perms, int(seed)).as_dict()
-    out["retrieval"] = _retrieval_from_similarity(S)
+    result = _alignment_from_similarity(S, n_perms, seed)
+    out: dict[str, Any] = result.as_dict()
+    out["retrieval"] = _retrieval_from_similarity(S, result.degenerate)
     if n_boot > 0:
-        out["ci"] = _bootstrap_from_similarity(S, n_boot, seed=0, level=0.95)
+        out["ci"] = _ci_dict(_gap_interval_unchecked(S, n_boot, 0, 0.95))
     return out
+
+
+@dataclass(frozen=True)
+class PrincipalComponents:
+    """Principal components above the data's numerical rank.
+
+    Attributes:
+        components: ``[k, d]`` orthonormal rows (sign as scikit-learn: the largest-magnitude
+            entry of each is positive).
+        explained_variance_ratio: each kept component's fraction of the total variance.
+        singular_values: the kept singular values of the centred data.
+        mean: the column means that were removed.
+        rank: numerical rank of the centred data; ``k = min(n_components, rank)``.
+        n_requested: the number of components asked for.
+    """
+
+    components: Float[np.ndarray, "k d"]
+    explained_variance_ratio: Float[np.ndarray, " k"]
+    singular_values: Float[np.ndarray, " k"]
+    mean: Float[np.ndarray, " d"]
+    rank: int
+    n_requested: int
+
+    @property
+    def k(self) -> int:
+        """Number of components kept."""
+        return self.components.shape[0]
+
+    def transform(self, x: Float[np.ndarray, "m d"]) -> Float[np.ndarray, "m k"]:
+        """Scores of ``x`` on the kept components (after removing :attr:`mean`)."""
+        return (np.asarray(x, dtype=np.float64) - self.mean) @ self.components.T
+
+
+def principal_components(x: Float[np.ndarray, "n d"], n_components: int) -> PrincipalComponents:
+    """PCA (centred SVD) that lists only components above numerical rank.
+
+    A component counts when its singular value exceeds ``max(n, d) * eps * ||x||_F`` (the
+    uncentred data's Frobenius norm: centring leaves rounding of that size, so a relative-to-
+    the-largest rule would keep noise when every row is nearly the same). Kept components equal
+    ``sklearn.decomposition.PCA(svd_solver="full")``'s, ratios over the total variance as there.
+
+    Args:
+        x: ``[n, d]`` data, one observation per row.
+        n_components: components asked for, ``>= 1``.
+
+    Returns:
+        :class:`PrincipalComponents` with ``k = min(n_components, rank)`` components (``k`` may
+        be 0: then Cohen's d and z on the components have no data, say so instead).
+
+    Raises:
+        BadInputError: if ``x`` is not a finite 2-D array or ``n_components < 1``.
+
+    Pitfall: with few distinct rows (e.g. few distinct last tokens) the rank is small and
+    the fractions of the kept components already sum to ~1; components past it (1e-29 of the
+    variance) would be rounding directions with arbitrary signs.
+    """
+    x = _check_2d(x, "data")
+    n_components = _check_count(n_components, "n_components", 1)
+    (x,) = _pow2_rescaled(x)
+    mean = x.mean(axis=0)
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+    tol = max(x.shape) * np.finfo(np.float64).eps * float(np.linalg.norm(x))
+    rank = int(np.sum(s > tol))
+    k = min(n_components, rank)
+    total = float(np.sum(s**2))
+    components = vt[:k].copy()
+    components *= np.sign(components[np.arange(k), np.abs(components).argmax(axis=1)])[:, None]
+    ratio = s[:k] ** 2 / total if k else np.zeros(0)
+    return PrincipalComponents(components, ratio, s[:k].copy(), mean, rank, n_components)
 
 
 @dataclass(frozen=True)
@@ -576,7 +1099,9 @@ def language_subspace(
     """
     dev = problem_centred(acts)
     d = dev.shape[1]
-    _, s, vt = np.linalg.svd(dev, full_matrices=False)
+    # Activations beyond ~1e154 would overflow s**2: decompose dev / 2**e (exact), report s * 2**e.
+    exponent = _pow2_exponent(float(np.max(np.abs(dev))) if dev.size else 0.0)
+    _, s, vt = np.linalg.svd(np.ldexp(dev, -exponent) if exponent else dev, full_matrices=False)
     total = float((s**2).sum())
     if total == 0:
         raise BadInputError("the activations do not vary across languages: no language subspace")
@@ -595,4 +1120,4 @@ def language_subspace(
     axes = vt[:k].T.copy()
     flip = np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(k)])
     axes *= flip
-    return LanguageSubspace(axes, s, float(scree[:k].sum()), scree, rank)
+    return LanguageSubspace(axes, np.ldexp(s, exponent) if exponent else s, float(scree[:k].sum()), scree, rank)

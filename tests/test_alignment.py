@@ -93,7 +93,8 @@ def test_result_has_the_seed_keys_and_provenance(toy_run, toy_model):
     for row in data["layer_results"]:
         assert SEED_LAYER_KEYS <= set(row)
         stage = row["stats"]["post_mlp"]
-        assert stage["ci"]["z_exact"][0] <= stage["z_exact"] <= stage["ci"]["z_exact"][1]
+        assert stage["ci"]["gap_estimate"] == pytest.approx(stage["gap"]) and stage["ci"]["reason"] is None
+        assert stage["ci"]["gap"][0] <= stage["gap"] <= stage["ci"]["gap"][1]
         assert 0 < stage["p_value"] <= 1 and 0 <= stage["retrieval"]["auc"] <= 1
     assert SEED_SUMMARY_KEYS <= set(data["summary"])
     prov = toy_run.provenance

@@ -6,7 +6,8 @@ position embedding (GPT-2) also ``hook_embed + hook_pos_embed`` (what block 0 re
 each at the last real token and, for the embeddings, averaged over the real tokens without BOS.
 Reports the matched-vs-scrambled statistics of each, the research script's PCA of the unit
 last-token embeddings (variance explained, Cohen's d of the languages on PC0, z inside the top-k
-PCs) and the norms.
+PCs; only components above numerical rank) and the norms. Statistics with no spread to measure
+(e.g. every prompt of a language ending in the same token) are null with a reason.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from sklearn.decomposition import PCA
 from transformer_lens import ActivationCache
 
 from interp_tl import stats
@@ -43,33 +43,56 @@ def variant(cache: ActivationCache, with_pos: bool) -> np.ndarray:
 def pca_block(
     a: np.ndarray, b: np.ndarray, n_perms: int, perm_seed: int, components: int = 10, ks: Sequence[int] = (2, 5, 10)
 ) -> dict[str, Any]:
-    """PCA of the unit rows of ``a`` and ``b`` together: variance explained, Cohen's d on PC0, PCA-k z."""
+    """PCA of the unit rows of ``a`` and ``b`` together: variance explained, Cohen's d on PC0, PCA-k z.
+
+    Only components above the data's numerical rank are listed (:func:`interp_tl.stats.principal_components`);
+    a PCA-k z with k above the rank, and Cohen's d without a component, are null with a reason.
+    """
     ua, ub = stats.unit_rows(a), stats.unit_rows(b)
-    n_comp = min(components, 2 * len(ua), ua.shape[1])
-    pca = PCA(n_components=n_comp, svd_solver="full").fit(np.vstack([ua, ub]))
-    pa, pb = pca.transform(ua), pca.transform(ub)
-    pca_z = {}
+    pc = stats.principal_components(np.vstack([ua, ub]), min(components, 2 * len(ua), ua.shape[1]))
+    pa, pb = pc.transform(ua), pc.transform(ub)
+    pca_z: dict[str, float | None] = {}
+    reasons: dict[str, str] = {}
     for k in ks:
-        if k <= n_comp:
+        if k <= pc.k:
             pca_z[str(k)] = stats.matched_vs_scrambled_z(pa[:, :k], pb[:, :k], n_perms, perm_seed).z
+        elif k <= components:
+            pca_z[str(k)] = None
+            reasons[str(k)] = f"only {pc.k} components above numerical rank"
+    if pc.k:
+        d = stats.cohens_d_summary(pa[:, 0], pb[:, 0])
+    else:
+        d = {"d": None, "reason": "no component above numerical rank"}
     return {
-        "varexp": [float(x) for x in pca.explained_variance_ratio_],
-        "cohen_d_pc0": stats.cohens_d(pa[:, 0], pb[:, 0]),
+        "varexp": [float(x) for x in pc.explained_variance_ratio],
+        "rank": pc.rank,
+        "cohen_d_pc0": d["d"],
+        "cohen_d_pc0_reason": d["reason"],
         "pca_k_z": pca_z,
-        "pc0_a": pa[:, 0], "pc0_b": pb[:, 0],
+        "pca_k_z_reasons": reasons,
+        "pc0_a": pa[:, 0] if pc.k else np.zeros(0), "pc0_b": pb[:, 0] if pc.k else np.zeros(0),
     }
+
+
+def _delta(z_l0: float | None, z: float | None, reasons: Sequence[str | None]) -> tuple[float | None, str | None]:
+    if z is None or z_l0 is None:
+        return None, next((r for r in reasons if r), "a z is undefined")
+    return z_l0 - z, None
 
 
 def _seed_fields(variants: Mapping[str, Any], l0_stats: Mapping[str, Any], l0_norm: float) -> dict[str, Any]:
     raw = variants["embed"]
     z_embed, z_l0 = raw["last_token"]["z"], l0_stats["z"]
+    delta, why = _delta(z_l0, z_embed, [raw["last_token"].get("degenerate"), l0_stats.get("degenerate")])
     out = {
         "z_raw_embed_last_token": z_embed,
         "z_raw_embed_mean_no_bos": raw["mean_no_bos"]["z"],
         "z_l0_output_last_token": z_l0,
-        "delta_l0_minus_embed": None if z_embed is None or z_l0 is None else z_l0 - z_embed,
+        "delta_l0_minus_embed": delta,
+        "delta_l0_minus_embed_reason": why,
         "embedding_pca_varexp": raw["pca"]["varexp"],
         "embedding_cohen_d_pc0": raw["pca"]["cohen_d_pc0"],
+        "embedding_cohen_d_pc0_reason": raw["pca"]["cohen_d_pc0_reason"],
         "embedding_pca_k_z": raw["pca"]["pca_k_z"],
         "norm_embed_last_token": raw["norm_last_token"],
         "norm_l0_output_last_token": l0_norm,
@@ -79,8 +102,8 @@ def _seed_fields(variants: Mapping[str, Any], l0_stats: Mapping[str, Any], l0_no
         pos = variants["embed_pos"]
         out["z_embed_pos_last_token"] = pos["last_token"]["z"]
         out["z_embed_pos_mean_no_bos"] = pos["mean_no_bos"]["z"]
-        z_pos = pos["last_token"]["z"]
-        out["delta_l0_minus_embed_pos"] = None if z_pos is None or z_l0 is None else z_l0 - z_pos
+        out["delta_l0_minus_embed_pos"], out["delta_l0_minus_embed_pos_reason"] = _delta(
+            z_l0, pos["last_token"]["z"], [pos["last_token"].get("degenerate"), l0_stats.get("degenerate")])
     return out
 
 
