@@ -44,6 +44,9 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
                              "fold_ln, or default = TransformerLens' from_pretrained default")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--n-devices", type=int, default=1,
+                        help="split the model's blocks over this many CUDA GPUs from --device on "
+                             "(TransformerLens' n_devices; default 1)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=None,
                         help="put BOS before each prompt (default: the model's default)")
