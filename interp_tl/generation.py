@@ -112,7 +112,10 @@ def _sequence_losses(
     with torch.inference_mode(), fused_gelu(model):
         for rows in length_sorted_batches(full.lengths, batch_size):
             toks, mask = _left_pad([full.ids[i] for i in rows], pad_id, model.cfg.device)
-            nll = -model(toks, attention_mask=mask).log_softmax(-1)[:, :-1].gather(-1, toks[:, 1:, None])[..., 0]
+            logits = model(toks, attention_mask=mask)
+            if logits.dtype in (torch.float16, torch.bfloat16):  # log-softmax over the vocabulary in float32
+                logits = logits.float()
+            nll = -logits.log_softmax(-1)[:, :-1].gather(-1, toks[:, 1:, None])[..., 0]
             for j, row in enumerate(rows):
                 losses[row] = nll[j, 1 - len(full.ids[row]):].double().cpu().numpy()
     return losses, [len(t) for t in targets]

@@ -139,6 +139,8 @@ def _batch(ids: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.
 
 def _loss(model, toks: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     logits = model(toks)
+    if logits.dtype in (torch.float16, torch.bfloat16):  # the loss in float32; the model's backward stays in its dtype
+        logits = logits.float()
     nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), toks[:, 1:], reduction="none")
     keep = (real[:, 1:] & real[:, :-1]).float()
     return ((nll * keep).sum(1) / keep.sum(1)).sum()  # a sum over sequences: gradients do not depend on batching
@@ -197,6 +199,8 @@ class _Accumulator:
         self.strata: dict[tuple[str, int, str], np.ndarray] = {}
 
     def add(self, layer: int, pattern, grad, real) -> None:
+        if pattern.dtype in (torch.float16, torch.bfloat16):  # A ⊙ (g − Σ A g) cancels: not in 8 or 11 bits
+            pattern, grad = pattern.float(), grad.float()
         valid = _valid(real).expand_as(pattern)
         full = softmax_backward(pattern, grad, "full") * valid
         diag = softmax_backward(pattern, grad, "diag") * valid
