@@ -203,3 +203,9 @@ def fake_cached_repo(hf_home: Path, repo: str, files: tuple[str, ...] = ("config
     for name in files:
         (snap / name).write_text("{}")
     return snap
+
+
+def snapshot_path(hf_home: Path, repo: str) -> Path:
+    """The snapshot folder of ``repo`` in the cache (``gpt2`` is ``openai-community/gpt2``)."""
+    repo = GPT2_REPO if repo == GPT2 else repo
+    return Path(hf_home) / "hub" / ("models--" + repo.replace("/", "--")) / "snapshots" / REVISION
