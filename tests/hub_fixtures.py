@@ -209,3 +209,14 @@ def snapshot_path(hf_home: Path, repo: str) -> Path:
     """The snapshot folder of ``repo`` in the cache (``gpt2`` is ``openai-community/gpt2``)."""
     repo = GPT2_REPO if repo == GPT2 else repo
     return Path(hf_home) / "hub" / ("models--" + repo.replace("/", "--")) / "snapshots" / REVISION
+
+
+def half_precision_works(dtype: str) -> bool:
+    """Whether this machine's CPU runs a ``dtype`` (``float16`` / ``bfloat16``) matmul and softmax correctly."""
+    import torch
+
+    try:
+        x = torch.ones(4, 4, dtype=getattr(torch, dtype))
+        return bool(((x @ x).float() == 4).all()) and bool(torch.softmax(x, -1).isfinite().all())
+    except RuntimeError:
+        return False

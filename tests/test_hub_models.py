@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from hub_fixtures import GPT2, QWEN2, QWEN3, offline_env, point_hub, snapshot_path
+from hub_fixtures import GPT2, QWEN2, QWEN3, half_precision_works, offline_env, point_hub, snapshot_path
 
 from interp_tl import models
 from interp_tl.cli import main
@@ -146,11 +146,16 @@ def test_every_study_runs_by_name(offline_hub, tmp_path, capsys, name, study):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("name", QWENS)
-def test_all_runs_by_name(offline_hub, tmp_path, monkeypatch, name):
+def test_all_runs_by_name(offline_hub, tmp_path, monkeypatch, name, dtype):
     """``all`` takes only the common flags: the surgery's generation budget is shrunk through its config class
-    (a random-weight model never says EOS, so the seed's 128 new tokens x 7 languages x sweep take minutes)."""
+    (a random-weight model never says EOS, so the seed's 128 new tokens x 7 languages x sweep take minutes).
+    In bfloat16 and float16 too: every path turns half-precision tensors into float32/64 before numpy."""
     from interp_tl.studies import STUDIES, SurgeryConfig
+
+    if dtype != "float32" and not half_precision_works(dtype):
+        pytest.skip(f"{dtype} does not run on this CPU")
 
     @dataclasses.dataclass(frozen=True)
     class ShortSurgery(SurgeryConfig):
@@ -164,12 +169,12 @@ def test_all_runs_by_name(offline_hub, tmp_path, monkeypatch, name):
 
     monkeypatch.setitem(STUDIES, "surgery", (ShortSurgery, STUDIES["surgery"][1]))
     out = tmp_path / "all"
-    assert main(["all", *FAST, "--model", name, "--out", str(out)]) == 0
+    assert main(["all", *FAST, "--model", name, "--dtype", dtype, "--out", str(out)]) == 0
     index = json.loads((out / "index.json").read_text("utf-8"))
     assert [s["study"] for s in index["studies"]] == list(STUDIES)
     for study in STUDIES:
         prov = json.loads((out / f"{study}.json").read_text("utf-8"))["provenance"]["model"]
-        assert prov["name"] == name and prov["architecture"] == ARCHITECTURE[name]
+        assert prov["name"] == name and prov["architecture"] == ARCHITECTURE[name] and prov["dtype"] == dtype
 
 
 def _alignment_z(out_dir) -> np.ndarray:

@@ -8,13 +8,12 @@ the numbers move from a float32 run of the same weights, measured on this CPU.
 import numpy as np
 import pytest
 import torch
-from hub_fixtures import QWEN2, QWEN3
+from hub_fixtures import QWEN2, QWEN3, half_precision_works
 
 from interp_tl.activations import extract, fused_gelu, layer_hook_names, tokenize
 from interp_tl.models import POLYGLOT_MODEL, load_model, model_provenance
 from interp_tl.prompts import generate_problems
 
-HALF = (torch.bfloat16, torch.float16)
 #: Largest |z(bfloat16) - z(float32)| over layers and z_pre / z_post_attn / z_post_mlp at the
 #: alignment's default n_pairs=200 (seed 42, default permutations). Measured (CPU, torch 2.13):
 #: polyglot-toy 0.030, the random Qwen2 fixture 0.092, the Qwen3 fixture 0.063 (|z| up to 33).
@@ -22,14 +21,6 @@ BF16_Z_BOUND = 0.15
 #: The same for float16 (10 mantissa bits against bfloat16's 7): measured 0.0075, 0.0055, 0.0093.
 FP16_Z_BOUND = 0.02
 Z_KEYS = ("z_pre", "z_post_attn", "z_post_mlp")
-
-
-def _half_works(dtype: torch.dtype) -> bool:
-    try:
-        x = torch.ones(4, 4, dtype=dtype)
-        return bool(((x @ x).float() == 4).all()) and bool(torch.softmax(x, -1).isfinite().all())
-    except RuntimeError:
-        return False
 
 
 def _z(model) -> np.ndarray:
@@ -43,7 +34,7 @@ def _z(model) -> np.ndarray:
 @pytest.mark.parametrize(("dtype", "bound"), [("bfloat16", BF16_Z_BOUND), ("float16", FP16_Z_BOUND)])
 @pytest.mark.parametrize("name", [POLYGLOT_MODEL, QWEN2, QWEN3])
 def test_alignment_z_in_half_precision_stays_within_the_bound(request, name, dtype, bound):
-    if not _half_works(getattr(torch, dtype)):
+    if not half_precision_works(dtype):
         pytest.skip(f"{dtype} matmul does not run on this CPU")
     if name != POLYGLOT_MODEL:
         request.getfixturevalue("offline_hub")
