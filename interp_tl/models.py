@@ -279,13 +279,13 @@ def require_weights(official: str) -> None:
     offline = bool(constants.HF_HUB_OFFLINE)
     if not offline and hub_reachable():
         return
-    why = "HF_HUB_OFFLINE is set" if offline else f"{constants.ENDPOINT} cannot be reached"
+    why = "HF_HUB_OFFLINE is set: unset it to download them," if offline else f"{constants.ENDPOINT} cannot be reached:"
     hint = ""
     if "/" not in official and weights_cached(f"openai-community/{official}"):
         hint = f" (the cache holds openai-community/{official}, which TransformerLens does not read for {official!r})"
     raise ModelNotAvailableError(
         f"the weights of {official!r} are not in the local Hugging Face cache ({constants.HF_HUB_CACHE}){hint} "
-        f"and {why}: run `hf download {official}` where the hub is reachable and point HF_HOME at that cache, "
+        f"and {why} run `hf download {official}` where the hub is reachable and point HF_HOME at that cache, "
         f"or use the offline default --model {DEFAULT_MODEL}"
     )
 
@@ -309,7 +309,7 @@ def check_devices(device: str, n_devices: int) -> None:
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if n_devices > 1 and where.type != "cuda":
         raise BadInputError(f"n_devices={n_devices} splits the model over CUDA GPUs, but the device is {device!r} "
-                            f"(this machine has {available} CUDA devices): use --device cuda or n_devices=1")
+                            f"(this machine has {available} CUDA devices): use a CUDA device or n_devices=1")
     needed = (where.index or 0) + n_devices if where.type == "cuda" else 0
     if needed > available:
         raise BadInputError(f"device {device!r} with n_devices={n_devices} needs {needed} CUDA devices, "
