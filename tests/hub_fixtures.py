@@ -16,7 +16,9 @@ on the package's problem templates (``AutoTokenizer`` loads it; no BOS by defaul
 None of their numbers are the real models': they exercise TransformerLens' real loading path
 offline. Building all three takes a few seconds and leaves the global random state alone.
 
-Point a process at the cache with :func:`offline_env` (``HF_HOME``, ``HF_HUB_OFFLINE=1``).
+Point a new process at the cache with :func:`offline_env` (``HF_HOME``, ``HF_HUB_OFFLINE=1``), this
+process with :func:`point_hub` (a pytest ``monkeypatch`` undoes it). :func:`fake_cached_repo` writes
+placeholder entries for tests of the cache lookup alone. Nothing here is imported by the package.
 """
 
 from __future__ import annotations

@@ -146,8 +146,9 @@ def test_every_study_runs_by_name(offline_hub, tmp_path, capsys, name, study):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
-@pytest.mark.parametrize("name", QWENS)
+@pytest.mark.parametrize(("name", "dtype"), [(name, dtype) for name in QWENS for dtype in ("float32", "bfloat16",
+                                                                                          "float16")]
+                         + [(GPT2, "float32")])
 def test_all_runs_by_name(offline_hub, tmp_path, monkeypatch, name, dtype):
     """``all`` takes only the common flags: the surgery's generation budget is shrunk through its config class
     (a random-weight model never says EOS, so the seed's 128 new tokens x 7 languages x sweep take minutes).
