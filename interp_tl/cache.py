@@ -141,6 +141,8 @@ class _Collector:
         if self.reduce == "last":
             self._keep(hook.name, act[:, -1:])
             return
+        if act.dtype in (torch.float16, torch.bfloat16):  # average in float32, not in 8 or 11 bits
+            act = act.float()
         w = self.weights.to(act.dtype).view(*self.weights.shape, *([1] * (act.dim() - 2)))
         if self.reduce == "mean":
             kept = ((act * w).sum(1) / w.sum(1))[:, None]

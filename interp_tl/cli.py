@@ -144,6 +144,9 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"],
                        help="model dtype; statistics are always computed in float32/float64 (default float32)")
     group.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    group.add_argument("--n-devices", type=int, default=1,
+                       help="split the model's blocks over this many CUDA GPUs from --device on "
+                            "(TransformerLens' n_devices; default 1)")
     group.add_argument("--out", default="results", help="output folder (default ./results)")
     group.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -323,7 +326,7 @@ def run(args: argparse.Namespace, emit=print) -> None:
     from interp_tl.studies import STUDIES
 
     out = prepare_out_dir(args.out)
-    model = load_model(args.model, args.processing, args.dtype, args.device)
+    model = load_model(args.model, args.processing, args.dtype, args.device, n_devices=args.n_devices)
     if args.study == "head":
         for line in _run_head(args, model, chosen["head"], out):
             emit(line)

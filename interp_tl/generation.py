@@ -112,6 +112,8 @@ def _sequence_losses(
     with torch.inference_mode(), fused_gelu(model):
         for batch in batches(model, full, batch_size):
             logits = model(batch.tokens, attention_mask=batch.attention_mask)
+            if logits.dtype in (torch.float16, torch.bfloat16):  # log-softmax over the vocabulary in float32
+                logits = logits.float()
             nll = lm_cross_entropy_loss(logits, batch.tokens, batch.attention_mask, per_token=True)
             for j, row in enumerate(batch.rows):
                 losses[row] = nll[j, 1 - len(full.ids[row]):].double().cpu().numpy()

@@ -3,9 +3,11 @@
 One entry point, :func:`load_model`, for every model a study runs on:
 
 * TransformerLens names (``gpt2``, ``Qwen/Qwen2.5-3B``, ``Qwen/Qwen3-4B``, any official name or
-  alias) load with ``HookedTransformer.from_pretrained``. Offline, a model whose weights are not
-  in the local Hugging Face cache fails at once with :class:`ModelNotAvailableError` (one line
-  saying how to get them) instead of TransformerLens' 20 s of retries and a traceback.
+  alias) load with ``HookedTransformer.from_pretrained`` from the local Hugging Face cache, or
+  download on first use when the hub is reachable. Offline, a model whose weights are not
+  cached fails at once with :class:`ModelNotAvailableError` (one line saying how to get them)
+  instead of TransformerLens' 20 s of retries and a traceback. ``n_devices`` passes
+  TransformerLens' own split of a large model over several GPUs through.
 * ``interp-tl/polyglot-toy`` is the offline default: a small GPT-2-style model trained on the
   parallel problem set in all seven languages (``experiments/train_polyglot.py``), shipped in
   ``interp_tl/data/polyglot_toy`` (safetensors, config, BPE tokenizer, training record).
@@ -106,7 +108,8 @@ def keep_global_rng() -> Iterator[None]:
         torch.set_rng_state(states[2])
 
 
-def build_polyglot_model(processing: str = "none", dtype: str | torch.dtype = "float32", device: str = "cpu"):
+def build_polyglot_model(processing: str = "none", dtype: str | torch.dtype = "float32", device: str = "cpu",
+                         n_devices: int = 1):
     """Load the shipped ``interp-tl/polyglot-toy``: trained weights (safetensors), config and BPE tokenizer.
 
     Raises:
@@ -126,7 +129,7 @@ def build_polyglot_model(processing: str = "none", dtype: str | torch.dtype = "f
         raise ModelNotAvailableError(
             f"{POLYGLOT_MODEL} is missing from the installed package ({exc.__class__.__name__}): reinstall interp_tl"
         ) from None
-    cfg = HookedTransformerConfig(**cfg_dict, dtype=_dtype(dtype), device=device)
+    cfg = HookedTransformerConfig(**cfg_dict, dtype=_dtype(dtype), device=device, n_devices=n_devices)
     with quiet_tl_deprecation(), keep_global_rng():
         model = HookedTransformer(cfg, tokenizer=tokenizer, default_padding_side="left")
     if processing == "none":
@@ -136,11 +139,11 @@ def build_polyglot_model(processing: str = "none", dtype: str | torch.dtype = "f
     return model.eval()
 
 
-def toy_config(seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+def toy_config(seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu", n_devices: int = 1):
     """The ``interp-tl/toy-random`` config: GPT-2 style (LayerNorm, absolute positions, GELU)."""
     from transformer_lens import HookedTransformerConfig
 
-    return HookedTransformerConfig(dtype=dtype, device=device,
+    return HookedTransformerConfig(dtype=dtype, device=device, n_devices=n_devices,
         model_name=TOY_MODEL, n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512,
         d_vocab=257, n_ctx=512, act_fn="gelu_new", normalization_type="LN",
         positional_embedding_type="standard", default_prepend_bos=True, seed=seed,
@@ -200,12 +203,13 @@ def _refuse_broken_fold_ln(cfg, flags: dict[str, bool]) -> None:
         )
 
 
-def build_toy_model(processing: str = "none", dtype: str | torch.dtype = "float32", device: str = "cpu", seed: int = 0):
+def build_toy_model(processing: str = "none", dtype: str | torch.dtype = "float32", device: str = "cpu", seed: int = 0,
+                    n_devices: int = 1):
     """Build ``interp-tl/toy-random``: seeded weights, randomized norms/biases, byte tokenizer."""
     from transformer_lens import HookedTransformer
 
     with quiet_tl_deprecation(), keep_global_rng():  # the config's seed reseeds every global generator
-        cfg = toy_config(seed, _dtype(dtype), device)
+        cfg = toy_config(seed, _dtype(dtype), device, n_devices)
         model = HookedTransformer(cfg, tokenizer=load_byte_tokenizer(), default_padding_side="left")
     randomize_norms_and_biases_(model, seed=seed)
     process_weights(model, processing)
@@ -224,7 +228,13 @@ def _official_name(name: str) -> str:
         ) from None
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+#: Files of which one must be cached, beside ``config.json``, for ``from_pretrained`` to work offline.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hugging Face endpoint opens (False when ``HF_HUB_OFFLINE`` is set)."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
@@ -237,21 +247,73 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _require_weights(official: str) -> None:
-    """Fail in one line, before TransformerLens retries, when weights can be neither read nor fetched."""
-    from huggingface_hub import constants, try_to_load_from_cache
+def weights_cached(repo: str) -> bool:
+    """Whether the local Hugging Face cache holds ``repo``'s ``config.json`` and weights (any repo id form)."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
-    cached = any(
-        isinstance(try_to_load_from_cache(repo, "config.json"), str)
-        for repo in (official, f"openai-community/{official}")
-    )
-    if cached or _hub_reachable():
+    def cached(filename: str) -> bool:
+        try:
+            return isinstance(try_to_load_from_cache(repo, filename), str)
+        except HFValidationError:  # not a repo id (e.g. a local path): nothing cached under it
+            return False
+
+    return cached("config.json") and any(cached(name) for name in WEIGHT_FILES)
+
+
+def require_weights(official: str) -> None:
+    """Return when ``from_pretrained(official)`` can read or fetch the weights; else one line of what to do.
+
+    ``official`` is TransformerLens' official name (``gpt2``, ``Qwen/Qwen2.5-3B``), the repo id it
+    reads from the cache. Cached: returns. Uncached and the hub reachable: returns, and
+    TransformerLens downloads. Uncached and offline (``HF_HUB_OFFLINE`` or no connection):
+    raises before TransformerLens' retries and traceback.
+
+    Raises:
+        ModelNotAvailableError: the weights are neither cached nor downloadable.
+    """
+    from huggingface_hub import constants
+
+    if weights_cached(official):
         return
+    offline = bool(constants.HF_HUB_OFFLINE)
+    if not offline and hub_reachable():
+        return
+    why = "HF_HUB_OFFLINE is set: unset it to download them," if offline else f"{constants.ENDPOINT} cannot be reached:"
+    hint = ""
+    if "/" not in official and weights_cached(f"openai-community/{official}"):
+        hint = f" (the cache holds openai-community/{official}, which TransformerLens does not read for {official!r})"
     raise ModelNotAvailableError(
-        f"the weights of {official!r} are not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) "
-        f"and the hub cannot be reached: run `huggingface-cli download {official}` on a machine with "
-        f"internet and point HF_HOME at that cache, or use the offline default --model {DEFAULT_MODEL}"
+        f"the weights of {official!r} are not in the local Hugging Face cache ({constants.HF_HUB_CACHE}){hint} "
+        f"and {why} run `hf download {official}` where the hub is reachable and point HF_HOME at that cache, "
+        f"or use the offline default --model {DEFAULT_MODEL}"
     )
+
+
+def check_devices(device: str, n_devices: int) -> None:
+    """Refuse, before anything is loaded, a device or split the machine cannot give.
+
+    ``n_devices > 1`` is TransformerLens' own split of the blocks over consecutive CUDA devices,
+    starting at ``device``'s index.
+
+    Raises:
+        BadInputError: ``n_devices`` below 1, a device string torch does not know, a split on a
+            non-CUDA device, or more CUDA devices than the machine has.
+    """
+    if isinstance(n_devices, bool) or not isinstance(n_devices, int) or n_devices < 1:
+        raise BadInputError(f"n_devices must be a whole number of at least 1, got {n_devices!r}")
+    try:
+        where = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise BadInputError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n_devices > 1 and where.type != "cuda":
+        raise BadInputError(f"n_devices={n_devices} splits the model over CUDA GPUs, but the device is {device!r} "
+                            f"(this machine has {available} CUDA devices): use a CUDA device or n_devices=1")
+    needed = (where.index or 0) + n_devices if where.type == "cuda" else 0
+    if needed > available:
+        raise BadInputError(f"device {device!r} with n_devices={n_devices} needs {needed} CUDA devices, "
+                            f"this machine has {available}")
 
 
 def load_model(
@@ -259,6 +321,7 @@ def load_model(
     processing: str = "none",
     dtype: str | torch.dtype = "float32",
     device: str = "cpu",
+    n_devices: int = 1,
 ):
     """Load a model as a ``HookedTransformer`` with explicit weight processing.
 
@@ -268,26 +331,30 @@ def load_model(
         processing: ``none`` (raw weights, the seeds' activations), ``fold_ln`` or ``default``
             (TransformerLens' from_pretrained default). See :data:`PROCESSING`.
         dtype: ``float32`` (default), ``float64``, ``float16`` or ``bfloat16``.
-        device: torch device string.
+        device: torch device string (with ``n_devices > 1``, the first CUDA device of the split).
+        n_devices: TransformerLens' own split of the blocks over this many CUDA devices
+            (``n_devices`` of ``from_pretrained`` / the config); recorded in the provenance.
 
     Returns:
         The model in eval mode, with a tokenizer.
 
     Raises:
         ModelNotAvailableError: unknown name, or weights neither cached nor downloadable.
-        BadInputError: unknown processing or dtype, or fold_ln on a LayerNorm gated-MLP model.
+        BadInputError: unknown processing or dtype, fold_ln on a LayerNorm gated-MLP model, or
+            a device / ``n_devices`` this machine does not have (all before anything is loaded).
 
     Pitfall: ``default`` centres every residual-stream write on LayerNorm models, so cosines
     (and the alignment z) differ from ``none``; the choice is recorded in the provenance.
     """
     flags = _processing_flags(processing)
     torch_dtype = _dtype(dtype)
+    check_devices(device, n_devices)
     if name == TOY_MODEL:
-        model = build_toy_model(processing, torch_dtype, device)
+        model = build_toy_model(processing, torch_dtype, device, n_devices=n_devices)
     elif name == POLYGLOT_MODEL:
-        model = build_polyglot_model(processing, torch_dtype, device)
+        model = build_polyglot_model(processing, torch_dtype, device, n_devices=n_devices)
     else:
-        model = _load_pretrained(name, flags, torch_dtype, device)
+        model = _load_pretrained(name, flags, torch_dtype, device, n_devices)
     record_loaded(model, name, processing)
     return model
 
@@ -297,17 +364,18 @@ def record_loaded(model, name: str, processing: str, **extra: Any) -> None:
     _LOADED[model] = {"name": name, "processing": processing, **_processing_flags(processing), **extra}
 
 
-def _load_pretrained(name: str, flags: dict[str, bool], dtype: torch.dtype, device: str):
+def _load_pretrained(name: str, flags: dict[str, bool], dtype: torch.dtype, device: str, n_devices: int = 1):
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
 
     official = _official_name(name)
-    _require_weights(official)
+    require_weights(official)
     if flags["fold_ln"]:
         _refuse_broken_fold_ln(loading.get_pretrained_model_config(official), flags)
     try:
         with quiet_tl_deprecation():
-            model = HookedTransformer.from_pretrained(official, dtype=dtype, device=device, **flags)
+            model = HookedTransformer.from_pretrained(official, dtype=dtype, device=device, n_devices=n_devices,
+                                                      **flags)
     except OSError as exc:
         raise ModelNotAvailableError(f"could not load {official!r}: {str(exc).splitlines()[0]}") from None
     return model.eval()
@@ -329,7 +397,7 @@ def weights_fingerprint(model) -> str:
 
 
 def model_provenance(model) -> dict[str, Any]:
-    """What produced a model's activations: name, processing flags, dtype, shape, BOS default.
+    """What produced a model's activations: name, processing flags, dtype, devices, shape, BOS default.
 
     Models built by the caller (not via :func:`load_model`) report processing as inferred:
     ``fold_ln`` is visible in the config (``LNPre`` / ``RMSPre``), centring is not.
@@ -346,6 +414,7 @@ def model_provenance(model) -> dict[str, Any]:
         "positional_embedding_type": cfg.positional_embedding_type,
         "n_layers": cfg.n_layers, "d_model": cfg.d_model, "n_heads": cfg.n_heads, "d_vocab": cfg.d_vocab,
         "dtype": str(cfg.dtype).replace("torch.", ""),
+        "n_devices": int(cfg.n_devices),
         "default_prepend_bos": bool(cfg.default_prepend_bos),
         "weights_fingerprint": weights_fingerprint(model),
     }

@@ -81,3 +81,20 @@ def polyglot_model():
     from interp_tl.models import POLYGLOT_MODEL, load_model
 
     return load_model(POLYGLOT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def hub_home(tmp_path_factory):
+    """An HF_HOME folder holding offline ``Qwen/Qwen2.5-3B``, ``Qwen/Qwen3-4B`` and ``gpt2`` (tests/hub_fixtures.py)."""
+    from hub_fixtures import build_hub
+
+    return build_hub(tmp_path_factory.mktemp("hf_home"))
+
+
+@pytest.fixture
+def offline_hub(hub_home, monkeypatch):
+    """The test reads only the ``hub_home`` cache, offline; environment and huggingface_hub constants restored after."""
+    from hub_fixtures import point_hub
+
+    point_hub(monkeypatch, hub_home, offline=True)
+    return hub_home

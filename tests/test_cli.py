@@ -156,7 +156,7 @@ def test_console_script_offline_hub_model_is_one_line(tmp_path):
                            str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "not in the local Hugging Face cache" in lines[0] and "huggingface-cli download gpt2" in lines[0]
+    assert len(lines) == 1 and "not in the local Hugging Face cache" in lines[0] and "`hf download gpt2`" in lines[0]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

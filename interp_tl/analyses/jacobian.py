@@ -95,6 +95,8 @@ def sequence_loss(model, batch: Batch, counted: Int[torch.Tensor, "batch pos"] |
     """
     counted = batch.attention_mask if counted is None else counted
     logits = model(batch.tokens, attention_mask=batch.attention_mask)
+    if logits.dtype in (torch.float16, torch.bfloat16):  # the loss in float32; the model's backward stays in its dtype
+        logits = logits.float()
     nll = lm_cross_entropy_loss(logits, batch.tokens, counted, per_token=True)
     n = (counted[:, :-1] * counted[:, 1:]).sum(1)
     return (nll.sum(1) / n).sum()
@@ -193,6 +195,8 @@ class JacobianStats:
 
     def add(self, layer: int, pattern, grad, real) -> None:
         """Add one layer's ``[batch, head, q, k]`` pattern and gradient; ``real`` is ``[batch, pos]``."""
+        if pattern.dtype in (torch.float16, torch.bfloat16):  # A ⊙ (g − Σ A g) cancels: not in 8 or 11 bits
+            pattern, grad = pattern.float(), grad.float()
         valid = _valid(real).expand_as(pattern)
         full = (softmax_backward(pattern, grad, "full") * valid).double()
         diag = (softmax_backward(pattern, grad, "diag") * valid).double()
