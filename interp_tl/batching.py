@@ -14,9 +14,9 @@ attention statistics and the Jacobian's gradients all go through :func:`batches`
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch

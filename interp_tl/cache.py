@@ -31,9 +31,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ _QK_HOOKS = ("attn.hook_pattern", "attn.hook_attn_scores")
 FORMAT = "interp_tl.activations/1"
 
 
-def check_layers(model, layers: Sequence[int] | None) -> list[int]:
+def check_layers(model, layers: Sequence[int | np.integer] | None) -> list[int]:
     """Return ``layers`` (default all), raising :class:`LayerRangeError` for any out of range."""
     n = model.cfg.n_layers
     if layers is None:

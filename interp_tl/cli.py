@@ -19,7 +19,8 @@ import re
 import sys
 import types
 import typing
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from interp_tl import __version__
 from interp_tl.errors import BadInputError, InterpTLError

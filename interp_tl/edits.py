@@ -23,9 +23,10 @@ as applying ``@ P`` to ``blocks.L.hook_mlp_out`` (tested, LN and RMS models, pro
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Literal, Mapping
+from typing import Literal
 
 import numpy as np
 import torch

@@ -8,14 +8,15 @@ never switches a user's backend or registers it with pyplot; a notebook shows it
 from __future__ import annotations
 
 import io
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from interp_tl.results import StudyResult
 
 
-def figure(size: tuple[float, float]):
+def figure(size: tuple[float | int, float | int]):
     """A new constrained-layout ``Figure`` of ``size`` inches, not registered with pyplot."""
     from matplotlib.figure import Figure
 

@@ -9,8 +9,9 @@ Record with ``python experiments/record_goldens.py --model NAME``.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from interp_tl.errors import ProvenanceMismatchError
 from interp_tl.models import weights_fingerprint

@@ -34,8 +34,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
-from typing import Iterable, Mapping
 
 from interp_tl.errors import BadInputError
 from interp_tl.prompts import char_script, load_templates

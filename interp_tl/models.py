@@ -33,9 +33,10 @@ import socket
 import sys
 import warnings
 import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import torch

@@ -14,11 +14,11 @@ import json
 import math
 import random
 import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from types import MappingProxyType
-from typing import Mapping, Sequence
 
 from interp_tl.errors import BadInputError, UnknownLanguageError
 

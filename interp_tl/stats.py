@@ -28,8 +28,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from jaxtyping import Float, Int
@@ -162,7 +163,7 @@ def _check_count(value: int, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _check_seed(seed: int, name: str = "seed") -> int:
+def _check_seed(seed: int | np.integer, name: str = "seed") -> int:
     # Before numpy sees it: numpy raises its own error for a negative seed and a float seed would
     # be truncated by int() without a word.
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < _SEED_LIMIT:
@@ -171,7 +172,7 @@ def _check_seed(seed: int, name: str = "seed") -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_permutations(n: int, n_perms: int, seed: int) -> np.ndarray:
+def _cached_permutations(n: int, n_perms: int, seed: int | np.integer) -> np.ndarray:
     rng = np.random.RandomState(seed)
     perms = np.empty((n_perms, n), dtype=np.intp)
     # Drawn one by one, in order, because that is what reproduces the seeds' RandomState stream.
@@ -181,7 +182,7 @@ def _cached_permutations(n: int, n_perms: int, seed: int) -> np.ndarray:
     return perms
 
 
-def seed_permutations(n: int, n_perms: int, seed: int = 42) -> Int[np.ndarray, "n_perms n"]:
+def seed_permutations(n: int, n_perms: int, seed: int | np.integer = 42) -> Int[np.ndarray, "n_perms n"]:
     """The permutations the research scripts drew: ``RandomState(seed).permutation(n)``, n_perms times.
 
     Args:
@@ -399,7 +400,7 @@ class AlignmentZ:
         return out
 
 
-def _alignment_from_similarity(S: np.ndarray, n_perms: int, seed: int) -> AlignmentZ:
+def _alignment_from_similarity(S: np.ndarray, n_perms: int, seed: int | np.integer) -> AlignmentZ:
     n = S.shape[0]
     # Computed by the same gather as the permutations, so the identity permutation gives a
     # bit-identical T and counts as ">= matched" in the p-value.
@@ -436,7 +437,7 @@ def matched_vs_scrambled_z(
     a: Float[np.ndarray, "n_pairs d_model"],
     b: Float[np.ndarray, "n_pairs d_model"],
     n_perms: int = 1000,
-    seed: int = 42,
+    seed: int | np.integer = 42,
 ) -> AlignmentZ:
     """How much closer matched pairs are than scrambled ones, as a permutation z.
 
@@ -490,7 +491,7 @@ class BootstrapInterval:
     level: float
     n_boot: int
     n_used: int
-    seed: int
+    seed: int | np.integer
     method: str
     reason: str | None
 
@@ -521,7 +522,7 @@ def _check_level(level: float) -> float:
     return float(level)
 
 
-def resample_indices(n: int, n_boot: int, seed: int = 0) -> Int[np.ndarray, "n_boot n"]:
+def resample_indices(n: int, n_boot: int, seed: int | np.integer = 0) -> Int[np.ndarray, "n_boot n"]:
     """Row indices of every bootstrap resample, pairs kept together.
 
     Args:
@@ -635,7 +636,7 @@ def studentized_bootstrap(
     statistic: Callable[[np.ndarray], tuple[float, float]],
     n: int,
     n_boot: int = 1000,
-    seed: int = 0,
+    seed: int | np.integer = 0,
     level: float = 0.95,
 ) -> BootstrapInterval:
     """Studentized (bootstrap-t) interval over rows for any statistic of paired rows.
@@ -713,7 +714,7 @@ def _gap_bootstrap(C: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return delta, var
 
 
-def _gap_interval_unchecked(S: np.ndarray, n_boot: int, seed: int, level: float) -> BootstrapInterval:
+def _gap_interval_unchecked(S: np.ndarray, n_boot: int, seed: int | np.integer, level: float) -> BootstrapInterval:
     n = S.shape[0]
     reason = _similarity_reason(S, _exact_null_unchecked(S)[1])
     if reason is not None:
@@ -734,7 +735,7 @@ def _gap_interval_unchecked(S: np.ndarray, n_boot: int, seed: int, level: float)
 
 
 def gap_interval(
-    S: Float[np.ndarray, "n n"], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+    S: Float[np.ndarray, "n n"], n_boot: int = 1000, seed: int | np.integer = 0, level: float = 0.95
 ) -> BootstrapInterval:
     """Confidence interval for the gap ``mean diag S - mean S`` of any square pair matrix.
 
@@ -790,7 +791,7 @@ def bootstrap_ci(
     a: Float[np.ndarray, "n_pairs d_model"],
     b: Float[np.ndarray, "n_pairs d_model"],
     n_boot: int = 1000,
-    seed: int = 0,
+    seed: int | np.integer = 0,
     level: float = 0.95,
 ) -> dict[str, Any]:
     """Bootstrap interval over pairs for the alignment gap ``matched - null_mean_exact``.
@@ -938,7 +939,7 @@ def alignment_summary(
     a: Float[np.ndarray, "n_pairs d_model"],
     b: Float[np.ndarray, "n_pairs d_model"],
     n_perms: int = 1000,
-    seed: int = 42,
+    seed: int | np.integer = 42,
     n_boot: int = 0,
 ) -> dict[str, Any]:
     """Everything about one pair of activation sets, as a JSON-safe dict.

@@ -12,53 +12,25 @@ both kinds.
 from __future__ import annotations
 
 import pytest
-import torch
-
-#: The two families, as HookedTransformerConfig overrides.
-KINDS = {
-    "ln": dict(act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard"),
-    "rms": dict(act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=16,
-                gated_mlp=True, n_key_value_heads=2, default_prepend_bos=False),
-}
-
-
-def _small_model(seed: int, **overrides):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    from interp_tl.models import load_byte_tokenizer, quiet_tl_deprecation, randomize_norms_and_biases_
-
-    base = dict(
-        n_layers=3, d_model=64, n_heads=4, d_head=16, d_mlp=128, d_vocab=257, n_ctx=256,
-        dtype=torch.float32, device="cpu", default_prepend_bos=True, seed=seed,
-    )
-    cfg = HookedTransformerConfig(**{**base, **overrides})
-    with quiet_tl_deprecation():
-        model = HookedTransformer(cfg, tokenizer=load_byte_tokenizer(), default_padding_side="left")
-    randomize_norms_and_biases_(model, seed=seed)
-    return model.eval()
-
-
-def build_model(kind: str, seed: int = 0, **overrides):
-    """A fresh small model of family ``kind`` (``ln`` or ``rms``)."""
-    return _small_model(seed=seed, model_name=f"test-{kind}-{seed}", **{**KINDS[kind], **overrides})
+import small_models
 
 
 @pytest.fixture(scope="session")
 def make_model():
     """``make_model(kind, seed=0, **overrides)``: a fresh small model of family ``ln`` or ``rms``."""
-    return build_model
+    return small_models.build_model
 
 
 @pytest.fixture(scope="module")
 def ln_model():
     """3 layers, LayerNorm + absolute positions + gelu_new (GPT-2 style)."""
-    return _small_model(seed=1, model_name="test-ln", **KINDS["ln"])
+    return small_models.small_model(seed=1, model_name="test-ln", **small_models.KINDS["ln"])
 
 
 @pytest.fixture(scope="module")
 def rms_model():
     """3 layers, RMSNorm + rotary + gated SiLU MLP + GQA (4 heads, 2 KV heads; Qwen style)."""
-    return _small_model(seed=2, model_name="test-rms", **KINDS["rms"])
+    return small_models.small_model(seed=2, model_name="test-rms", **small_models.KINDS["rms"])
 
 
 @pytest.fixture(params=["ln", "rms"])

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from conftest import _small_model
 from scipy.stats import ortho_group
+from small_models import small_model
 
 from interp_tl.gauge import AttentionAlignment, QKConstraint, qk_constraint, rotary_pairs
 
@@ -40,7 +40,7 @@ def randomize_qk_norms_(model, seed: int, tie_pairs: bool = True) -> None:
 
 def build(kind: str, **overrides):
     """A fresh model of ``kind`` (``ln``, ``qwen2``, ``qwen3``), norms and biases randomized."""
-    model = _small_model(**{**KINDS[kind], **overrides})
+    model = small_model(**{**KINDS[kind], **overrides})
     if model.cfg.use_qk_norm:
         randomize_qk_norms_(model, seed=model.cfg.seed)
     return model

@@ -12,8 +12,9 @@ attribution; cosines do not add, so Δz is not an additive decomposition (the ad
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from transformer_lens import ActivationCache

@@ -12,7 +12,8 @@ PCs; only components above numerical rank) and the norms. Statistics with no spr
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from transformer_lens import ActivationCache

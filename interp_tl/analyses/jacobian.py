@@ -26,7 +26,8 @@ sequences, so no number depends on how sequences are batched (tested).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

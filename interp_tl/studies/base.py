@@ -14,8 +14,9 @@ inherited, so each is defined, documented and validated once. Invalid settings r
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from interp_tl.errors import BadInputError
 from interp_tl.prompts import check_languages, languages

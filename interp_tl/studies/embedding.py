@@ -13,8 +13,9 @@ cosine is reported only when there is a BOS; position embeddings are not ignored
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -137,7 +138,7 @@ def token_diagnostics(prompts: ParallelPrompts, embeds: Mapping[str, list[np.nda
     }
 
 
-def _per_prompt(cache, tokens: Tokenized, hooks: list[str]) -> list[list[np.ndarray]]:
+def _per_prompt(cache, tokens: Tokenized, hooks: list[str]) -> list[np.ndarray]:
     """Each prompt's ``[len, d]`` vectors of the hooks summed (float32, as the model adds them)."""
     total = sum(cache[h] for h in hooks)
     return [total[i, total.shape[1] - length:].numpy() for i, length in enumerate(tokens.lengths)]

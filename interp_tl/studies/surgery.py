@@ -24,9 +24,10 @@ fraction of depth, ``round(9/36 n)`` to ``round(27/36 n) - 1``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch

@@ -165,6 +165,7 @@ def test_exact_null_equals_monte_carlo():
     assert abs(t.std() - sd) < 5 * se_sd
 
 
+@pytest.mark.wrong_types
 def test_exact_null_rejects_non_square():
     with pytest.raises(BadInputError, match="square"):
         exact_null(np.ones((3, 4)))
@@ -307,6 +308,7 @@ def test_gap_interval_without_jackknife_spread():
     assert got.estimate == pytest.approx(0.9, abs=1e-15) and math.isnan(got.lo) and "standard error" in got.reason
 
 
+@pytest.mark.wrong_types
 @pytest.mark.parametrize("level", [0.0, 1.0, 1.5, True, float("nan"), "0.9"])
 def test_bootstrap_rejects_bad_level(level):
     a, b = correlated_pairs(10, 4, noise=1.0, seed=9)
@@ -416,6 +418,7 @@ def test_mixed_row_scales_keep_ordinary_rows_bit_identical():
     np.testing.assert_allclose(got[2], want[2], rtol=1e-15)
 
 
+@pytest.mark.wrong_types
 @pytest.mark.parametrize("seed", [-1, 1.5, 2.0, True, 2**32, "3", None])
 def test_bad_seeds_are_refused(seed):
     a, b = correlated_pairs(8, 3, noise=1.0, seed=25)
@@ -517,6 +520,7 @@ def test_cohens_d_huge_values():
     assert cohens_d(x * 1e-200, y * 1e-200) == pytest.approx(cohens_d(x, y), rel=1e-14)
 
 
+@pytest.mark.wrong_types
 @pytest.mark.parametrize(
     ("x", "fragment"), [([], "empty"), ([[1.0, 2.0]], "1-D"), ([1.0, np.nan], "non-finite")]
 )
@@ -528,6 +532,7 @@ def test_cohens_d_bad_input(x, fragment):
 # 7. Bad inputs.
 
 
+@pytest.mark.wrong_types
 def test_mismatched_rows():
     rng = np.random.default_rng(13)
     message = "mismatched pairs: 200 rows in the first language, 199 in the second"
@@ -535,6 +540,7 @@ def test_mismatched_rows():
         matched_vs_scrambled_z(rng.standard_normal((200, 4)), rng.standard_normal((199, 4)))
 
 
+@pytest.mark.wrong_types
 def test_mismatched_widths():
     with pytest.raises(BadInputError, match="mismatched widths"):
         check_pairs(np.ones((5, 4)), np.ones((5, 3)))
@@ -553,6 +559,7 @@ def test_zero_norm_row():
         similarity(a, np.ones((6, 3)))
 
 
+@pytest.mark.wrong_types
 def test_one_d_input():
     with pytest.raises(BadInputError, match="2-D"):
         unit_rows(np.ones(5))
@@ -637,6 +644,7 @@ def test_principal_components_stop_at_numerical_rank():
     assert same.transform(x).shape == (80, 0)
 
 
+@pytest.mark.wrong_types
 def test_principal_components_bad_input():
     with pytest.raises(BadInputError, match="n_components"):
         principal_components(np.ones((4, 3)), 0)

@@ -110,6 +110,7 @@ def test_weights_cached_takes_any_string():
     assert not models.weights_cached("")
 
 
+@pytest.mark.wrong_types
 @pytest.mark.parametrize(("device", "n_devices", "message"), [
     ("cpu", 2, r"n_devices=2 splits the model over CUDA GPUs, but the device is 'cpu'"),
     ("cpu", 0, r"n_devices must be a whole number of at least 1, got 0"),

@@ -66,6 +66,7 @@ def test_bad_k(kwargs, message):
         language_subspace(acts, **kwargs)
 
 
+@pytest.mark.wrong_types
 def test_bad_activations():
     with pytest.raises(BadInputError, match="at least two languages"):
         language_subspace(np.ones((5, 1, 4)), k=1)

@@ -435,6 +435,7 @@ def test_extract_runs_fused_and_restores_when_a_hook_raises(ln_model):
 # Inputs extract refuses
 
 
+@pytest.mark.wrong_types
 def test_unknown_reduce_is_bad_input(ln_model):
     with pytest.raises(BadInputError, match="unknown reduce 'max'"):
         extract(ln_model, tokenize(ln_model, ["abc"]), ["hook_embed"], reduce="max")

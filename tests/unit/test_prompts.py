@@ -18,7 +18,7 @@ from interp_tl.prompts import (
     load_templates,
 )
 
-SHARED_TEMPLATES = Path(__file__).resolve().parents[2] / "shared" / "data" / "problem_templates.json"
+SHARED_TEMPLATES = Path(__file__).resolve().parents[3] / "shared" / "data" / "problem_templates.json"
 
 
 def seed_generate_problems(n=200, seed=42):

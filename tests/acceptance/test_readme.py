@@ -4,7 +4,7 @@ from pathlib import Path
 
 
 def test_readme_python_example_runs(capsys):
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text("utf-8")
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text("utf-8")
     code = text.split("```python\n", 1)[1].split("```", 1)[0]
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out

@@ -3,11 +3,11 @@ invariance, and the seed's statistics on one sequence (masked entries excluded).
 
 from __future__ import annotations
 
-import json
 import types
 
 import numpy as np
 import pytest
+import strict_json
 import torch
 
 from interp_tl.analyses.jacobian import attention_jacobian, pattern_gradients, softmax_backward, surrogate_gradients
@@ -125,7 +125,7 @@ def test_strata_cover_every_real_row(polyglot_model):
     assert rows % polyglot_model.cfg.n_heads == 0 and rows > 0
     assert set(data["weight_gradient_cos"]) == {"diag", "ste"}
     assert result.provenance["sequences"]["languages"] == ["zh", "en"]
-    json.dumps(result.to_dict())
+    strict_json.round_trip(result.to_dict())
 
 
 def test_bad_input(tmp_path, ln_model):

@@ -101,6 +101,7 @@ def test_language_counts_has_every_label_in_order():
     assert language_counts(iter(["x"])) == {**dict.fromkeys(LABELS, 0), "latin": 1}
 
 
+@pytest.mark.wrong_types
 def test_bad_input_raises():
     with pytest.raises(BadInputError, match="single string"):
         language_counts("so the answer")

@@ -8,13 +8,13 @@ TransformerLens' real ``from_pretrained``. Random weights: these tests check the
 and that every study runs end to end, never the real models' numbers.
 """
 
-import json
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import strict_json
 import torch
 from hub_fixtures import GPT2, QWEN2, QWEN3, half_precision_works, offline_env, point_hub, snapshot_path
 
@@ -125,7 +125,7 @@ def test_logits_and_hidden_states_equal_hugging_face(offline_hub, name, processi
 
 
 def _prov_model(out_dir):
-    data = json.loads(next(p for p in sorted(out_dir.glob("*.json"))).read_text("utf-8"))
+    data = strict_json.read(next(p for p in sorted(out_dir.glob("*.json"))))
     return data.get("provenance", {}).get("model"), data
 
 
@@ -162,15 +162,15 @@ def test_all_runs_by_name(offline_hub, tmp_path, monkeypatch, name, dtype):
              "--surgery.loss-n", "5", "--jacobian.n-problems", "5", "--jacobian.langs", "zh", "en"]
     out = tmp_path / "all"
     assert main(["all", *FAST, *short, "--model", name, "--dtype", dtype, "--out", str(out)]) == 0
-    index = json.loads((out / "index.json").read_text("utf-8"))
+    index = strict_json.read(out / "index.json")
     assert [s["study"] for s in index["studies"]] == list(STUDIES)
     for study in STUDIES:
-        prov = json.loads((out / f"{study}.json").read_text("utf-8"))["provenance"]["model"]
+        prov = strict_json.read(out / f"{study}.json")["provenance"]["model"]
         assert prov["name"] == name and prov["architecture"] == ARCHITECTURE[name] and prov["dtype"] == dtype
 
 
 def _alignment_z(out_dir) -> np.ndarray:
-    rows = json.loads((out_dir / "alignment.json").read_text("utf-8"))["layer_results"]
+    rows = strict_json.read(out_dir / "alignment.json")["layer_results"]
     return np.array([[r[k] for k in ("z_pre", "z_post_attn", "z_post_mlp")] for r in rows], dtype=float)
 
 
@@ -184,7 +184,7 @@ def test_alignment_under_each_processing(offline_hub, tmp_path, name):
         out = tmp_path / processing
         assert main(["alignment", *FAST, "--no-head-shares", "--model", name, "--processing", processing,
                      "--out", str(out)]) == 0
-        assert json.loads((out / "alignment.json").read_text("utf-8"))["provenance"]["model"]["processing"] == processing
+        assert strict_json.read(out / "alignment.json")["provenance"]["model"]["processing"] == processing
         z[processing] = _alignment_z(out)
     assert np.abs(z["fold_ln"] - z["none"]).max() < PRESET_Z_TOL
     moved = float(np.abs(z["default"] - z["none"]).max())
@@ -203,5 +203,5 @@ def test_console_script_reads_hf_home_and_offline_from_the_environment(hub_home,
                            "--no-head-shares", "--model", QWEN3, "--out", str(out)], env=offline_env(hub_home),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    prov = json.loads((out / "alignment.json").read_text("utf-8"))["provenance"]["model"]
+    prov = strict_json.read(out / "alignment.json")["provenance"]["model"]
     assert prov["name"] == QWEN3 and prov["architecture"] == "Qwen3ForCausalLM"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
+import strict_json
 import torch
 
 from interp_tl.edits import Basis, projection_hooks, residual_basis
@@ -64,7 +64,7 @@ def test_seed_fields_and_provenance(small_run):
     assert prov["model"]["name"] == POLYGLOT_MODEL and prov["layers"] == [1, 2]
     assert {k: prov["prompts"][k] for k in ("name", "n", "seed", "languages", "hook")} == {
         "name": "parallel-math-7", "n": 20, "seed": 42, "languages": ["zh", "en", "sw"], "hook": "hook_resid_post"}
-    json.dumps(small_run.to_dict())  # JSON-ready
+    strict_json.round_trip(small_run.to_dict())  # JSON-ready
 
 
 def test_surgery_equals_generation_with_the_projection_hook(polyglot_model, small_run):

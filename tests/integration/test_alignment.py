@@ -13,7 +13,7 @@ from interp_tl.cache import from_arrays, load_caches, save_caches, split_languag
 from interp_tl.errors import BadInputError, LayerRangeError, ModelNotAvailableError, ProvenanceMismatchError
 from interp_tl.studies.alignment import AlignmentConfig, extract_caches, prepare, run_alignment
 
-GOLDENS = Path(__file__).parent / "goldens"
+GOLDENS = Path(__file__).parents[1] / "goldens"
 SEED_LAYER_KEYS = {"layer", "z_pre", "z_post_attn", "z_post_mlp", "dz_attn", "dz_mlp", "z_attn_correction_alone",
                    "z_mlp_correction_alone", "norm_h_pre", "norm_attn_delta", "norm_mlp_delta", "matched_cos_pre",
                    "matched_cos_post_attn", "matched_cos_post_mlp"}
@@ -153,6 +153,7 @@ def test_centred_processing_changes_the_numbers(toy_model):
     assert np.abs(x.mean(-1)).max() > 1e-2
 
 
+@pytest.mark.wrong_types
 def test_bad_input(toy_model):
     with pytest.raises(LayerRangeError, match="layer 7 is out of range"):
         run_alignment(toy_model, AlignmentConfig(n_pairs=10, layers=(7,)))

@@ -24,7 +24,7 @@ from interp_tl.generation import answer_text, answer_token_losses, greedy_comple
 from interp_tl.models import POLYGLOT_MODEL, TOY_MODEL, load_model, model_provenance, polyglot_path
 from interp_tl.prompts import CATEGORIES, generate_problems, languages
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = REPO / "experiments" / "train_polyglot.py"
 HELD_OUT = generate_problems(200, 42)
 

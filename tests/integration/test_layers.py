@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+import strict_json
 import torch
 from gauge_models import build, logits, random_symmetry
 
@@ -191,7 +192,7 @@ def test_study_on_the_default_model(polyglot_model):
     assert result.provenance["model"]["processing"] == "none" and data["norm_weights"].startswith("compared")
     structure = result.provenance["attention"]
     assert structure["n_kv_heads"] == polyglot_model.cfg.n_heads and structure["rotary_dim"] == 0
-    json.dumps(result.to_dict())
+    strict_json.round_trip(result.to_dict())
 
 
 def test_two_layer_block_reports_the_non_adjacent_null_absent(polyglot_model):

@@ -142,6 +142,7 @@ def test_writer_split_is_transformer_lens_decomposition(small_model, layer):
         torch.testing.assert_close(mine[name], cache[name], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.wrong_types
 def test_last_positions_left_right_and_errors():
     left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1]])
     right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
@@ -172,7 +173,7 @@ def test_the_tour_script_gives_the_studies_numbers(polyglot_model, tmp_path, mon
     """experiments/cache_tour.py: run_with_cache -> the per-layer table and the head shares of the studies."""
     from interp_tl.studies import AlignmentConfig, HeadsConfig, run_alignment, run_heads
 
-    script = Path(__file__).resolve().parents[1] / "experiments" / "cache_tour.py"
+    script = Path(__file__).resolve().parents[2] / "experiments" / "cache_tour.py"
     monkeypatch.setattr(sys, "argv", [str(script), "--out", str(tmp_path)])
     runpy.run_path(str(script), run_name="__main__")
     out = capsys.readouterr().out.splitlines()

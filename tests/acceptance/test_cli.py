@@ -1,11 +1,11 @@
 """CLI: files written, provenance, and one-line errors with a non-zero exit and no partial files."""
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
+import strict_json
 
 from interp_tl import report
 from interp_tl.cache import load_caches
@@ -18,7 +18,7 @@ def test_alignment_writes_json_png_and_the_cache(tmp_path, capsys):
     assert main(["alignment", *FAST, "--out", str(tmp_path), "--save-activations", "--layers", "0-1,3"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alignment.json", "alignment.png",
                                                          "alignment_activations.safetensors"]
-    data = json.loads((tmp_path / "alignment.json").read_text("utf-8"))
+    data = strict_json.read(tmp_path / "alignment.json")
     assert [r["layer"] for r in data["layer_results"]] == [0, 1, 3]
     prov = data["provenance"]
     assert prov["model"]["processing"] == "none" and prov["prompts"]["n"] == 10 and prov["config"]["n_perms"] == 50
@@ -32,7 +32,7 @@ def test_alignment_writes_json_png_and_the_cache(tmp_path, capsys):
     again = tmp_path / "again"
     assert main(["alignment", *FAST, "--out", str(again), "--layers", "0-1,3", "--from-activations",
                  str(tmp_path / "alignment_activations.safetensors")]) == 0
-    redo = json.loads((again / "alignment.json").read_text("utf-8"))
+    redo = strict_json.read(again / "alignment.json")
     assert redo["layer_results"] == data["layer_results"] and redo["head_shares"] == data["head_shares"]
 
 
@@ -68,14 +68,14 @@ def test_all_writes_every_study_and_an_index(tmp_path):
     assert {"alignment.json", "alignment.png", "embedding.json", "embedding.png", "surgery.json", "surgery.png",
             "layers.json", "layers.png", "jacobian.json", "jacobian.png", "heads.json", "heads.png", "index.md",
             "index.json"} == names
-    index = json.loads((tmp_path / "run" / "index.json").read_text("utf-8"))
+    index = strict_json.read(tmp_path / "run" / "index.json")
     assert [s["study"] for s in index["studies"]] == ["alignment", "embedding", "surgery", "layers", "jacobian",
                                                      "heads"]
-    surgery = json.loads((tmp_path / "run" / "surgery.json").read_text("utf-8"))
+    surgery = strict_json.read(tmp_path / "run" / "surgery.json")
     assert surgery["provenance"]["prompts"]["n"] == 10 and [r["lang"] for r in surgery["baseline"]] == ["es", "ar"]
-    jacobian = json.loads((tmp_path / "run" / "jacobian.json").read_text("utf-8"))
+    jacobian = strict_json.read(tmp_path / "run" / "jacobian.json")
     assert jacobian["provenance"]["sequences"]["languages"] == ["es", "ar"]
-    assert json.loads((tmp_path / "run" / "embedding.json").read_text("utf-8"))["languages"] == ["es", "ar"]
+    assert strict_json.read(tmp_path / "run" / "embedding.json")["languages"] == ["es", "ar"]
 
 
 def _exit_code(argv):

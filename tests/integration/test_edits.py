@@ -174,6 +174,7 @@ def test_in_place_edit_is_idempotent_at_full_strength(_model):
 # Bad input
 
 
+@pytest.mark.wrong_types
 def test_bad_bases_and_options(ln_model):
     q = np.linalg.qr(np.random.default_rng(0).normal(size=(64, 3)))[0]
     with pytest.raises(BadInputError, match="not orthonormal"):

@@ -21,7 +21,7 @@ from interp_tl.models import (
     weights_fingerprint,
 )
 
-SHARED_TOOL = Path(__file__).resolve().parents[2] / "shared" / "tools" / "make_offline_gpt2.py"
+SHARED_TOOL = Path(__file__).resolve().parents[3] / "shared" / "tools" / "make_offline_gpt2.py"
 
 
 @pytest.mark.parametrize("processing", list(PROCESSING))
@@ -75,6 +75,6 @@ def test_gpt2_path_reproduces_raw_hf_hidden_states(tmp_path):
     if build.returncode != 0:
         pytest.skip(f"could not build the offline GPT-2 cache: {build.stderr.strip().splitlines()[-1:]}")
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("gpt2_offline_check.py"))], env=env,
+    proc = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "gpt2_offline_check.py")], env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0 and "\nOK " in "\n" + proc.stdout, proc.stderr[-2000:]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "coverage.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "coverage.py"
 
 
 @pytest.fixture(scope="module")
