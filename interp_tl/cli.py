@@ -235,10 +235,11 @@ def _check_activation_flags(args: argparse.Namespace) -> None:
         raise BadInputError("--save-activations and --from-activations exclude each other")
 
 
-def _caches_for(study, model, config, prompts, args, out, lines: list[str]) -> dict:
+def _caches_for(study, model, config, prompts, args: argparse.Namespace) -> tuple[dict, dict[str, bytes]]:
+    """The study's caches (extracted, or read from ``--from-activations``) and the file to save, if asked."""
     from dataclasses import asdict
 
-    from interp_tl.cache import load_caches, save_caches
+    from interp_tl.cache import cache_bytes, load_caches
     from interp_tl.errors import ProvenanceMismatchError
     from interp_tl.models import model_provenance
 
@@ -250,13 +251,12 @@ def _caches_for(study, model, config, prompts, args, out, lines: list[str]) -> d
             if recorded.get(key) != _json_round_trip(meta[key]):
                 raise ProvenanceMismatchError(
                     f"{source} holds other {key} ({recorded.get(key)!r}) than this run's ({meta[key]!r})")
-        return caches
+        return caches, {}
     caches = study.extract(model, config, prompts, progress=not args.quiet)
-    if getattr(args, "save_activations", False):
-        path = out / f"{study.name}_activations.safetensors"
-        save_caches(path, caches, {**meta, "model": model_provenance(model)})
-        lines.append(f"  wrote {path}")
-    return caches
+    if not getattr(args, "save_activations", False):
+        return caches, {}
+    return caches, {f"{study.name}_activations.safetensors": cache_bytes(caches, {**meta,
+                                                                                   "model": model_provenance(model)})}
 
 
 def _json_round_trip(value: Any) -> Any:
@@ -265,24 +265,42 @@ def _json_round_trip(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def run_one(study, model, config, args: argparse.Namespace, out) -> tuple[Any, list[str]]:
-    """Run one study as the arguments ask (extract or load caches, analyse), write its files."""
-    from interp_tl.report import write_result
+def run_identity(args: argparse.Namespace, chosen: dict[str, Any]) -> dict[str, str]:
+    """What identifies this invocation's results: the command and a hash of the model and every setting.
 
-    lines: list[str] = []
+    Deterministic (the same command gives the same id, so results stay byte-identical); the index
+    uses it to tell files of one run from files of several.
+    """
+    import hashlib
+    import json
+
+    settings = {"model": args.model, "processing": args.processing, "dtype": args.dtype,
+                "head": getattr(args, "head", None),
+                "configs": {name: dataclasses.asdict(config) for name, config in chosen.items()}}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"command": args.study, "id": digest}
+
+
+def run_one(study, model, config, args: argparse.Namespace, identity: dict[str, str] | None = None
+            ) -> tuple[Any, dict[str, bytes]]:
+    """Run one study as the arguments ask (extract or load caches, analyse); its result and rendered files."""
+    from interp_tl.report import render
+    from interp_tl.results import StudyResult
+
+    extra: dict[str, bytes] = {}
     if study.extract is None:
         result = study.run(model, config, progress=not args.quiet)
     else:
         prompts = study.prepare(model, config)
-        caches = _caches_for(study, model, config, prompts, args, out, lines)
+        caches, extra = _caches_for(study, model, config, prompts, args)
         result = study.analyse(model, config, prompts, caches, progress=not args.quiet)
-    paths = write_result(result, out)
-    return (result, paths), [f"{study.name}: {study.headline(result)}", *[f"  wrote {p}" for p in paths], *lines]
+    if identity is not None:
+        result = StudyResult(result.study, result.data, {**result.provenance, "run": identity})
+    return result, {**render(result), **extra}
 
 
-def _run_head(args: argparse.Namespace, model, config, out) -> list[str]:
+def _run_head(args: argparse.Namespace, model, config) -> tuple[list[str], dict[str, bytes]]:
     from interp_tl.models import model_provenance, versions
-    from interp_tl.report import write_files
     from interp_tl.results import StudyResult, json_bytes, provenance
     from interp_tl.studies.heads import head_report
 
@@ -291,9 +309,8 @@ def _run_head(args: argparse.Namespace, model, config, out) -> list[str]:
     prov = provenance("head", model_provenance(model), dataclasses.asdict(config), versions(),
                       {"name": "parallel-math-7", "n": config.n_pairs, "seed": config.seed,
                        "languages": list(config.langs)}, head=name)
-    result = StudyResult("head", report, prov)
-    paths = write_files({f"head_{name}.json": json_bytes(result.to_dict())}, out)
-    return [*_head_lines(report), *[f"  wrote {p}" for p in paths]]
+    result = StudyResult("head", report, {**prov, "run": run_identity(args, {"head": config})})
+    return _head_lines(report), {f"head_{name}.json": json_bytes(result.to_dict())}
 
 
 def _head_lines(report: dict) -> list[str]:
@@ -318,30 +335,102 @@ def _head_lines(report: dict) -> list[str]:
     return lines
 
 
-def run(args: argparse.Namespace, emit=print) -> None:
-    """Run the study (or all of them) the parsed arguments ask for, emitting lines as each finishes."""
-    chosen = configs(args)  # every setting is checked before the model is loaded
-    _check_activation_flags(args)
-    from interp_tl.models import load_model
-    from interp_tl.report import prepare_out_dir, write_index
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(chosen: dict[str, Any], cfg) -> None:
+    """Refuse, in one line, a run whose prompts and caches would not fit in the memory available.
+
+    The estimate per study: every prompt it tokenizes (about 4 kB of Python objects) plus its
+    one-position cache (about ``4 n_layers + 8`` vectors of ``d_model`` float32 per prompt), times
+    three for the analyses' float64 copies.
+    """
     from interp_tl.studies import STUDIES
 
-    out = prepare_out_dir(args.out)
-    model = load_model(args.model, args.processing, args.dtype, args.device, n_devices=args.n_devices)
-    if args.study == "head":
-        for line in _run_head(args, model, chosen["head"], out):
-            emit(line)
+    available = _available_memory()
+    if available is None:
         return
-    results, files = [], {}
     for name, config in chosen.items():
-        (result, paths), lines = run_one(STUDIES[name], model, config, args, out)
-        results.append(result)
-        files[name] = paths
-        for line in lines:
-            emit(line)
-    if args.study == "all":
-        write_index(out, results, files)
-        emit(f"  wrote {out / 'index.md'}")
+        rows = STUDIES[name].rows(config) if name in STUDIES else config.n_pairs * len(config.langs)
+        need = 3 * rows * (4096 + (4 * cfg.n_layers + 8) * cfg.d_model * 4)
+        if need > available:
+            raise BadInputError(
+                f"{name} would need about {need / 2**30:.1f} GiB for {rows} prompts on this model, "
+                f"more than the {available / 2**30:.1f} GiB available: use fewer pairs")
+
+
+def check_against_model(chosen: dict[str, Any], cfg, head: str | None = None) -> None:
+    """Every setting that depends on the model (layers, heads, sizes), checked on its config alone."""
+    from types import SimpleNamespace
+
+    from interp_tl.studies import STUDIES
+    from interp_tl.studies.heads import head_in_model
+
+    shape = SimpleNamespace(cfg=cfg)
+    if head is not None:
+        head_in_model(shape, head)
+    for name, config in chosen.items():
+        study = STUDIES["heads"] if name == "head" else STUDIES[name]
+        if study.check is not None:
+            study.check(shape, config)
+    check_memory(chosen, cfg)
+
+
+def run(args: argparse.Namespace, emit=print) -> None:
+    """Run the study (or all of them) the parsed arguments ask for, emitting lines as each finishes.
+
+    Order: the settings (no torch), the output folder (nothing created), the device, the model's
+    config against the settings and the memory, then the model; each study's files are written
+    into a staging folder and moved into ``--out`` as a set when the study completes, and the
+    index is rebuilt from the files present after each.
+    """
+    chosen = configs(args)
+    _check_activation_flags(args)
+    from interp_tl.report import Staging, check_out_dir
+
+    check_out_dir(args.out)
+    from interp_tl.models import check_devices, load_model, model_config
+    from interp_tl.studies import STUDIES
+
+    if args.study == "head":
+        from interp_tl.studies.heads import parse_head
+
+        parse_head(args.head)
+    check_devices(args.device, args.n_devices)
+    check_against_model(chosen, model_config(args.model), getattr(args, "head", None))
+    if not args.quiet:
+        print(f"interp-tl: loading {args.model} (processing {args.processing}, {args.dtype}, {args.device})",
+              file=sys.stderr)
+    model = load_model(args.model, args.processing, args.dtype, args.device, n_devices=args.n_devices)
+    identity = run_identity(args, chosen)
+    with Staging(args.out) as staging:
+        if args.study == "head":
+            lines, files = _run_head(args, model, chosen["head"])
+            for line in [*lines, *[f"  wrote {p}" for p in staging.commit(files)]]:
+                emit(line)
+            return
+        for name, config in chosen.items():
+            study = STUDIES[name]
+            result, files = run_one(study, model, config, args, identity)
+            paths = staging.commit(files)
+            emit(f"{name}: {study.headline(result)}")
+            for path in paths:
+                emit(f"  wrote {path}")
+            if args.study == "all" or (staging.out / "index.json").exists():
+                from interp_tl.report import write_index
+
+                write_index(staging.out)  # never describes files that are not there, even if interrupted
+        if args.study == "all" or (staging.out / "index.json").exists():
+            emit(f"  wrote {staging.out / 'index.md'}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

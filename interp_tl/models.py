@@ -26,6 +26,7 @@ weights, centred unembed, folded value biases), which turns every residual-strea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -315,6 +316,38 @@ def check_devices(device: str, n_devices: int) -> None:
     if needed > available:
         raise BadInputError(f"device {device!r} with n_devices={n_devices} needs {needed} CUDA devices, "
                             f"this machine has {available}")
+    mps = getattr(torch.backends, "mps", None)
+    if where.type == "mps" and not (mps is not None and mps.is_available()):
+        raise BadInputError(f"device {device!r} is not available on this machine (no Apple GPU): use cpu")
+    if where.type not in ("cpu", "cuda", "mps"):
+        raise BadInputError(f"device {device!r} is not supported: use cpu, cuda, cuda:N or mps")
+
+
+def model_config(name: str = DEFAULT_MODEL):
+    """The ``HookedTransformerConfig`` of a model :func:`load_model` can load, without loading its weights.
+
+    Lets a caller check layers, heads and sizes against the model before the (slow) load.
+
+    Raises:
+        ModelNotAvailableError: unknown name, or weights neither cached nor downloadable.
+    """
+    if name == TOY_MODEL:
+        return toy_config()
+    if name == POLYGLOT_MODEL:
+        from transformer_lens import HookedTransformerConfig
+
+        try:
+            cfg = json.loads(polyglot_path().joinpath("config.json").read_text("utf-8"))
+        except OSError as exc:
+            raise ModelNotAvailableError(f"{POLYGLOT_MODEL} is missing from the installed package "
+                                         f"({exc.__class__.__name__}): reinstall interp_tl") from None
+        return HookedTransformerConfig(**cfg)
+    from transformer_lens import loading_from_pretrained as loading
+
+    official = _official_name(name)
+    require_weights(official)
+    with quiet_tl_deprecation():
+        return loading.get_pretrained_model_config(official)
 
 
 def load_model(
@@ -373,8 +406,8 @@ def _load_pretrained(name: str, flags: dict[str, bool], dtype: torch.dtype, devi
     require_weights(official)
     if flags["fold_ln"]:
         _refuse_broken_fold_ln(loading.get_pretrained_model_config(official), flags)
-    try:
-        with quiet_tl_deprecation():
+    try:  # TransformerLens prints "Loaded pretrained model ..." to stdout: keep stdout for results
+        with quiet_tl_deprecation(), contextlib.redirect_stdout(sys.stderr):
             model = HookedTransformer.from_pretrained(official, dtype=dtype, device=device, n_devices=n_devices,
                                                       **flags)
     except OSError as exc:

@@ -165,5 +165,5 @@ def headline(result: StudyResult) -> str:
 STUDY = Study(
     name="alignment", summary="per-layer alignment of two languages' last-token residuals, attention vs MLP",
     config=AlignmentConfig, run=run_alignment, plot=plot, headline=headline, hooks=hooks, prepare=prepare,
-    extract=extract_caches, analyse=analyse, docs="docs/studies/alignment.md",
+    extract=extract_caches, analyse=analyse, check=hooks, docs="docs/studies/alignment.md",
 )

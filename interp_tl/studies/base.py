@@ -127,6 +127,9 @@ class Study:
         prepare: ``prepare(model, config) -> ParallelPrompts`` (studies that extract caches).
         extract: ``extract(model, config, prompts, progress) -> {label: ActivationCache}``.
         analyse: ``analyse(model, config, prompts, caches, progress) -> StudyResult``.
+        check: ``check(model, config)``: every setting that depends on the model, checked on
+            ``model.cfg`` alone (the CLI runs it on the config before loading any weights).
+        count: ``count(config) -> int``, the prompts the study runs (default ``n_pairs`` per language).
         docs: the docs page that explains the study.
     """
 
@@ -140,7 +143,15 @@ class Study:
     prepare: Callable[..., Any] | None = None
     extract: Callable[..., dict[str, Any]] | None = None
     analyse: Callable[..., StudyResult] | None = None
+    check: Callable[..., Any] | None = None
+    count: Callable[[Any], int] | None = None
     docs: str = ""
+
+    def rows(self, config: Any) -> int:
+        """How many prompts the study tokenizes and runs with ``config``."""
+        if self.count is not None:
+            return self.count(config)
+        return getattr(config, "n_pairs", 0) * len(getattr(config, "langs", ()))
 
     @property
     def saves_activations(self) -> bool:

@@ -179,6 +179,21 @@ def parse_head(name: str) -> tuple[int, int]:
         raise BadInputError(f"a head is written L.H, e.g. 2.3, got {name!r}") from None
 
 
+def head_in_model(model, head: str) -> tuple[int, int]:
+    """``(layer, head)`` of ``"L.H"``, checked against ``model.cfg``.
+
+    Raises:
+        BadInputError: a malformed head or a head the model does not have (LayerRangeError for
+            the layer).
+    """
+    layer, h = parse_head(head)
+    if not 0 <= layer < model.cfg.n_layers:
+        raise LayerRangeError(f"layer {layer} is out of range: the model has layers 0..{model.cfg.n_layers - 1}")
+    if not 0 <= h < model.cfg.n_heads:
+        raise BadInputError(f"head {h} is out of range: the model has heads 0..{model.cfg.n_heads - 1}")
+    return layer, h
+
+
 def _token_class(model, token_id: int, bos: int | None) -> str:
     if bos is not None and token_id == bos:
         return "bos"
@@ -235,11 +250,7 @@ def head_report(model, head: str, config: HeadsConfig = HeadsConfig()) -> dict[s
     :func:`interp_tl.analyses.jacobian.jacobian_statistics` on 20 problems in the two languages;
     the neighbours from the per-head W_QK / W_OV distances to heads of the adjacent layers.
     """
-    layer, h = parse_head(head)
-    if not 0 <= layer < model.cfg.n_layers:
-        raise LayerRangeError(f"layer {layer} is out of range: the model has layers 0..{model.cfg.n_layers - 1}")
-    if not 0 <= h < model.cfg.n_heads:
-        raise BadInputError(f"head {h} is out of range: the model has heads 0..{model.cfg.n_heads - 1}")
+    layer, h = head_in_model(model, head)
     prompts = prepare(model, config)
     shares = split(model, config, prompts, extract_caches(model, config, prompts))
     label = f"L{layer}H{h}"
@@ -304,5 +315,5 @@ def headline(result: StudyResult) -> str:
 STUDY = Study(
     name="heads", summary="additive per-head shares of the alignment, with ablations of the top heads",
     config=HeadsConfig, run=run_heads, plot=plot, headline=headline, hooks=hooks, prepare=prepare,
-    extract=extract_caches, analyse=analyse, docs="docs/studies/heads.md",
+    extract=extract_caches, analyse=analyse, check=hooks, docs="docs/studies/heads.md",
 )

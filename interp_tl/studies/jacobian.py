@@ -135,4 +135,5 @@ def headline(result: StudyResult) -> str:
 STUDY = Study(
     name="jacobian", summary="softmax backward per head: diagonal vs lateral vs straight-through",
     config=JacobianConfig, run=run_jacobian, plot=plot, headline=headline, docs="docs/studies/jacobian.md",
+    count=lambda config: 0 if config.text_file else config.n_problems * len(config.langs),
 )

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from interp_tl.cache import check_layers
 from interp_tl.errors import BadInputError
@@ -265,8 +266,9 @@ def _alignments(model) -> dict[str, Any]:
     }
 
 
-def _nulls(model, block, pairs, config: LayersConfig) -> dict[str, Any]:
+def _nulls(model, block, pairs, config: LayersConfig, bar) -> dict[str, Any]:
     def dist(a, b, target=None):
+        bar.update()
         return _flat(pair_distances(model, a, b, target, config.rotation_approx, config.invariants))
 
     far = [(a, b) for i, a in enumerate(block) for b in block[i + 2:]]
@@ -302,8 +304,14 @@ def run_layers(model, config: LayersConfig = LayersConfig(), progress: bool = Fa
     folded = model.cfg.normalization_type in ("LNPre", "RMSPre")
     block = check_block(model, config.layers)
     pairs = list(zip(block[:-1], block[1:]))
-    entries = [pair_distances(model, la, lb, rotation_approx=config.rotation_approx, invariants=config.invariants)
-               for la, lb in pairs]
+    n_far = sum(len(block[i + 2:]) for i in range(len(block)))
+    bar = tqdm(total=2 * len(pairs) + n_far, desc="layers: comparing layer pairs and their nulls", unit="pair",
+               disable=not progress, leave=False)
+    entries = []
+    for la, lb in pairs:
+        entries.append(pair_distances(model, la, lb, rotation_approx=config.rotation_approx,
+                                      invariants=config.invariants))
+        bar.update()
     stats = _summary([_flat(e) for e in entries])
     structure = attention_structure(model, block)
     data = {
@@ -311,12 +319,13 @@ def run_layers(model, config: LayersConfig = LayersConfig(), progress: bool = Fa
         "pairs": entries,
         "family_stats": stats,
         "ranking": sorted((k for k in stats if k.endswith(RANKED)), key=lambda k: stats[k]["mean"]),
-        "nulls": _nulls(model, block, pairs, config),
+        "nulls": _nulls(model, block, pairs, config, bar),
         "norm_weights": ("folded into the following weights (fold_ln): not compared; load with processing none"
                          if folded else "compared directly (unprocessed)"),
         "attention_structure": structure,
         "alignments": _alignments(model),
     }
+    bar.close()
     return StudyResult("layers", data, study_provenance(model, "layers", config, layers=block, attention=structure))
 
 
@@ -360,4 +369,5 @@ def headline(result: StudyResult) -> str:
 STUDY = Study(
     name="layers", summary="gauge-aligned weight distances between consecutive layers, with nulls",
     config=LayersConfig, run=run_layers, plot=plot, headline=headline, docs="docs/studies/layers.md",
+    check=lambda model, config: check_block(model, config.layers), count=lambda config: 0,
 )

@@ -332,5 +332,5 @@ def headline(result: StudyResult) -> str:
 STUDY = Study(
     name="surgery", summary="language subspace projected out of MLP writes: generation before/after, controls",
     config=SurgeryConfig, run=run_surgery, plot=plot, headline=headline, hooks=hooks, prepare=prepare,
-    extract=extract_caches, analyse=analyse, docs="docs/studies/surgery.md",
+    extract=extract_caches, analyse=analyse, check=edited_layers, docs="docs/studies/surgery.md",
 )
