@@ -45,8 +45,11 @@ def model_title(result: StudyResult) -> str:
 
 
 def layer_head_heatmap(fig: Any, ax: Any, grid: np.ndarray, title: str, signed: bool = False,
-                       limits: tuple[float | None, float | None] = (None, None)) -> None:
-    """A layer x head heatmap with integer ticks; ``signed`` centres a red-blue scale on 0."""
+                       limits: tuple[float | None, float | None] = (None, None), label: str = "") -> None:
+    """A layer x head heatmap with a labelled colorbar; ``signed`` centres a red-blue scale on 0.
+
+    Ticks stay readable at GPT-2 scale and beyond: every head and layer up to 16, every fourth above.
+    """
     if signed:
         bound = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
         limits, cmap = (-bound, bound), "RdBu_r"
@@ -54,9 +57,9 @@ def layer_head_heatmap(fig: Any, ax: Any, grid: np.ndarray, title: str, signed: 
         cmap = "viridis"
     image = ax.imshow(grid, aspect="auto", cmap=cmap, vmin=limits[0], vmax=limits[1])
     ax.set(xlabel="head", ylabel="layer", title=title)
-    ax.set_xticks(range(grid.shape[1]))
-    ax.set_yticks(range(grid.shape[0]))
-    fig.colorbar(image, ax=ax, fraction=0.05)
+    ax.set_xticks(range(0, grid.shape[1], 1 if grid.shape[1] <= 16 else 4))
+    ax.set_yticks(range(0, grid.shape[0], 1 if grid.shape[0] <= 16 else 4))
+    fig.colorbar(image, ax=ax, fraction=0.05, label=label)
 
 
 def nan_array(values: Any) -> np.ndarray:

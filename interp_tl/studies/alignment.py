@@ -132,7 +132,7 @@ def plot(result: StudyResult):
     if shares:
         left, right, heat = fig.subplots(1, 3, gridspec_kw={"width_ratios": [3, 3, 2]})
         layer_head_heatmap(fig, heat, nan_array(shares["heads"]), f"head shares of the gap at layer {shares['layer']}",
-                           signed=True)
+                           signed=True, label="share of the gap")
     else:
         left, right = fig.subplots(1, 2)
     for key, label in (("z_pre", "resid_pre"), ("z_post_attn", "+ attn"), ("z_post_mlp", "+ mlp")):

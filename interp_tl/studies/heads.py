@@ -281,23 +281,37 @@ def head_report(model, head: str, config: HeadsConfig = HeadsConfig()) -> dict[s
     return report
 
 
+#: Writers drawn one by one in the heads figure; the rest are summed into one bar.
+PLOTTED_WRITERS = 24
+
+
 def plot(result: StudyResult):
-    """Per-head shares of the alignment gap: layer x head heatmap (left), all writers with null bands (right)."""
+    """Per-head shares of the alignment gap (layer x head heatmap) and the largest writers with null bands.
+
+    The right panel shows the :data:`PLOTTED_WRITERS` writers with the largest |share| (in the
+    model's order) and one bar for the sum of all others, so it reads at GPT-2 scale (170 writers).
+    """
     data = result.data
     grid = np.array(data["head_shares"], dtype=float)
     writers = data["writers"]
-    fig = figure((13, max(4, 0.12 * len(writers))))
+    shown = sorted(sorted(range(len(writers)), key=lambda i: -abs(writers[i]["share"]))[:PLOTTED_WRITERS])
+    rest = [w["share"] for i, w in enumerate(writers) if i not in set(shown)]
+    rows = [writers[i] for i in shown]
+    fig = figure((13, 4 + 0.16 * len(rows)))
     left, right = fig.subplots(1, 2)
-    layer_head_heatmap(fig, left, grid, f"head shares of the gap at layer {data['layer']}", signed=True)
-    y = np.arange(len(writers))
-    values = [w["share"] for w in writers]
-    right.barh(y, values, color=["tab:red" if s > 0 else "tab:blue" for s in values])
-    right.hlines(y, [w["band"][0] for w in writers], [w["band"][1] for w in writers], color="k", lw=2,
+    layer_head_heatmap(fig, left, grid, f"head shares of the gap at layer {data['layer']}", signed=True,
+                       label="share of the gap")
+    names = [w["name"] for w in rows] + ([f"{len(rest)} other writers"] if rest else [])
+    values = [w["share"] for w in rows] + ([sum(rest)] if rest else [])
+    y = np.arange(len(values))
+    right.barh(y, values, color=["tab:red" if v > 0 else "tab:blue" for v in values])
+    right.hlines(y[: len(rows)], [w["band"][0] for w in rows], [w["band"][1] for w in rows], color="k", lw=2,
                  label="null band (random pairings)")
-    right.set_yticks(y, [w["name"] for w in writers], fontsize=5)
+    right.set_yticks(y, names, fontsize=7)
     right.invert_yaxis()
-    right.set(xlabel="share of matched − null mean cosine", title=f"all writers (sum {data['total']:.3f})")
-    right.legend(fontsize=7)
+    right.set(xlabel="share of the gap (matched − null mean cosine)",
+              title=f"largest writers (all {len(writers)} sum to {data['total']:.3f})")
+    right.legend(fontsize=7, loc="lower right")
     model = result.provenance["model"]
     fig.suptitle(f"{model['name']} ({model['processing']}), {'/'.join(data['languages'])}", fontsize=9)
     return fig

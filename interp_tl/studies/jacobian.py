@@ -114,8 +114,10 @@ def plot(result: StudyResult):
     tables = data["layers"]
     fig = figure((16, 4))
     axes = fig.subplots(1, 4)
+    labels = {"cos_diag": "cosine to the full backward", "cos_ste": "cosine to the full backward",
+              "r_diag": "‖diagonal‖² / ‖full‖²"}
     for ax, key, limits in zip(axes[:3], ("cos_diag", "cos_ste", "r_diag"), ((-1, 1), (-1, 1), (0, None))):
-        layer_head_heatmap(fig, ax, np.array(tables[key], dtype=float), key, limits=limits)
+        layer_head_heatmap(fig, ax, np.array(tables[key], dtype=float), key, limits=limits, label=labels[key])
     ax = axes[3]
     for kind, values in data.get("weight_gradient_cos", {}).items():
         ax.plot(range(len(values)), [np.nan if v is None else v for v in values], marker="o", label=kind)

@@ -342,7 +342,7 @@ def plot(result: StudyResult):
     left.set_xticks(range(len(columns)), columns, rotation=90, fontsize=6)
     left.set_yticks(range(len(labels)), labels, fontsize=7)
     left.set(ylabel="layer pair", title="||unit(X_a) R - unit(X_b)||_F")
-    fig.colorbar(image, ax=left, fraction=0.03)
+    fig.colorbar(image, ax=left, fraction=0.03, label="distance (0 = same up to the alignment)")
     y = np.arange(len(true))
     right.barh(y, [data["family_stats"][c]["mean"] for c in true], height=0.35, label="adjacent pairs")
     far = data["nulls"]["non_adjacent"]["family_stats"]
@@ -351,7 +351,7 @@ def plot(result: StudyResult):
     rnd = data["nulls"]["random_same_spectrum"]["family_stats"]
     right.plot([rnd[c]["mean"] for c in true], y, "rx", label="random, same spectrum")
     right.set_yticks(y, true, fontsize=7)
-    right.set(xlabel="mean distance", title="under the true symmetries, with nulls")
+    right.set(xlabel="mean distance", title="exact alignments, invariants and norms, against the nulls")
     right.legend(fontsize=7)
     model = result.provenance["model"]
     fig.suptitle(f"{model['name']} ({model['processing']}), block {data['block']}", fontsize=9)
