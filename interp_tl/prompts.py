@@ -178,6 +178,23 @@ def problem_set_id(n: int, seed: int) -> dict[str, object]:
     return {"name": "parallel-math-7", "n": n, "seed": seed, "generator": "random.Random, seeds' order"}
 
 
+def problem_key(problem: Problem) -> tuple:
+    """What makes two problems the same in every language: template and numbers (not the row index)."""
+    return (problem.template, tuple(sorted(problem.numbers.items())))
+
+
+def overlap_count(problems: Sequence[Problem], others: Sequence[Problem]) -> int:
+    """How many of ``problems`` are also among ``others`` (same template and numbers)."""
+    keys = {problem_key(p) for p in others}
+    return sum(problem_key(p) in keys for p in problems)
+
+
+def excluding(problems: Sequence[Problem], others: Sequence[Problem]) -> list[Problem]:
+    """``problems`` without those also among ``others`` (same template and numbers), order kept."""
+    keys = {problem_key(p) for p in others}
+    return [p for p in problems if problem_key(p) not in keys]
+
+
 #: Unicode script(s) of each language's letters, by the prefix of the characters' Unicode names.
 LANGUAGE_SCRIPTS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "zh": ("CJK UNIFIED",), "ja": ("CJK UNIFIED", "HIRAGANA", "KATAKANA"), "ko": ("HANGUL",),

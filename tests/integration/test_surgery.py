@@ -14,11 +14,11 @@ from interp_tl.errors import BadInputError, LayerRangeError
 from interp_tl.generation import evaluate_generation, first_answer_token, first_answer_word, numbers_in
 from interp_tl.models import POLYGLOT_MODEL, load_model
 from interp_tl.prompts import seed_test_problems
+from interp_tl.stats import mcnemar
 from interp_tl.studies.surgery import (
     SurgeryConfig,
     default_layers,
     extract_caches,
-    mcnemar,
     prepare,
     random_bases,
     run_surgery,
@@ -53,13 +53,14 @@ def test_seed_fields_and_provenance(small_run):
     assert {"experiment", "surgery_layers", "n_lang_dims", "n_test_problems", "max_new_tokens", "baseline",
             "surgery"} <= set(data)
     assert data["surgery_layers"] == [1, 2] and data["n_lang_dims"] == 3 and data["n_test_problems"] == 10
-    for key in ("baseline", "surgery", "random_control"):
+    for key in ("baseline", "surgery", "random_control", "energy_matched_control"):
         assert [r["lang"] for r in data[key]] == ["zh", "en", "sw"]
         for row in data[key]:
             assert SEED_LAYER_KEYS <= set(row) and row["total"] == 10 and len(row["outputs"]) == 10
             assert row["accuracy"] == pytest.approx(row["correct"] / 10)
             assert row["correct"] == sum(o["correct"] for o in row["outputs"])
-    assert {(s["k"], s["subspace"]) for s in data["sweep"]} == {(k, s) for k in (1, 3) for s in ("language", "random")}
+    assert {(s["k"], s["subspace"]) for s in data["sweep"]} == {(k, s) for k in (1, 3)
+                                                                 for s in ("language", "random", "energy_matched")}
     prov = small_run.provenance
     assert prov["model"]["name"] == POLYGLOT_MODEL and prov["layers"] == [1, 2]
     assert {k: prov["prompts"][k] for k in ("name", "n", "seed", "languages", "hook")} == {
@@ -89,7 +90,8 @@ def test_alpha_zero_is_the_baseline(polyglot_model):
     data = run_surgery(polyglot_model, config).data
     assert data["surgery"][0]["outputs"] == data["baseline"][0]["outputs"]
     assert data["loss"]["surgery"] == data["loss"]["baseline"]
-    assert data["paired_tests"]["ja"]["surgery_vs_baseline"] == {"lost": 0, "gained": 0, "p_value": 1.0}
+    assert data["paired_tests"]["ja"]["surgery_vs_baseline"] == {"lost": 0, "gained": 0, "n_pairs": 10,
+                                                                 "p_value": 1.0}
 
 
 def test_same_config_same_numbers(polyglot_model, small_run):
@@ -117,7 +119,7 @@ def test_mcnemar_is_the_exact_binomial():
     after = [False] * 5 + [True] + [True] * 2 + [True] * 3  # 5 lost, 2 gained
     res = mcnemar(before, after)
     p = 2 * sum(math.comb(7, i) for i in range(3)) / 2**7
-    assert res == {"lost": 5, "gained": 2, "p_value": pytest.approx(p)}
+    assert res == {"lost": 5, "gained": 2, "n_pairs": 11, "p_value": pytest.approx(p)}
     assert mcnemar([True, False], [True, False])["p_value"] == 1.0
 
 
