@@ -161,14 +161,13 @@ def _num(value: float | None, spec: str) -> str:
 
 
 def headline(result: StudyResult) -> str:
-    """The layer where the residual after the MLP aligns most, and the Δz totals (exact-null z)."""
+    """The layer where the residual after the MLP aligns most, and the Δz totals (exact-null z only: order-free)."""
     data = result.data
     rows = data["layer_results"]
     zs = [r["z_exact_post_mlp"] for r in rows]
     best = max(range(len(zs)), key=lambda i: -np.inf if zs[i] is None else zs[i])
     s = data["summary"]
-    return (f"max z_exact_post_mlp {_num(zs[best], '.2f')} at layer {rows[best]['layer']} "
-            f"(Monte Carlo z {_num(rows[best]['z_post_mlp'], '.2f')}); total dz_exact attn "
+    return (f"max z_exact_post_mlp {_num(zs[best], '.2f')} at layer {rows[best]['layer']}; total dz_exact attn "
             f"{_num(s['total_dz_exact_attn'], '+.2f')}, mlp {_num(s['total_dz_exact_mlp'], '+.2f')}")
 
 

@@ -8,7 +8,8 @@ Port of the research script ``expAG_kernel_surgery.py`` onto hook points and
    languages, SVD, top-k axes (:func:`interp_tl.analyses.subspace.language_subspace`). Fitted on
    the model that is edited, so the axes are in its residual basis (raw, or centred under
    ``center_writing_weights``). Drawn problems that the study also evaluates (generation test
-   set or loss set; same template and numbers) are left out of the fit (``fit_set``).
+   set or loss set; same template and numbers) are replaced by fresh draws of their category,
+   so the fit is disjoint from every evaluated problem (``fit_set``).
 2. **Edit**: ``W_out <- W_out @ (I - alpha U U^T)``, ``b_out`` likewise, inside a context manager
    that restores the weights bit-exactly (:func:`interp_tl.edits.projected_mlp_writes`).
 3. **Evaluation** (:func:`interp_tl.generation.evaluate_generation`): greedy generation on the
@@ -56,7 +57,14 @@ from interp_tl.edits import (
 from interp_tl.errors import BadInputError
 from interp_tl.figures import figure
 from interp_tl.generation import evaluate_generation, next_token_loss
-from interp_tl.prompts import Problem, excluding, generate_problems, overlap_count, problem_set_id, seed_test_problems
+from interp_tl.prompts import (
+    Problem,
+    generate_problems,
+    generate_problems_excluding,
+    overlap_count,
+    problem_set_id,
+    seed_test_problems,
+)
 from interp_tl.results import StudyResult
 from interp_tl.studies.base import PromptSettings, Study, all_languages, check_int, study_provenance
 
@@ -69,7 +77,7 @@ class SurgeryConfig(PromptSettings):
     """Settings of the kernel-surgery study.
 
     Attributes:
-        n_pairs: problems per language drawn for the language subspace (those also evaluated are left out).
+        n_pairs: problems per language the language subspace is fitted on (evaluated ones replaced by fresh draws).
         langs: languages of the fit and of the evaluation (default all seven, as the research script).
         seed: problem-set seed of the fit (42 as the research script).
         layers: edited layers, e.g. 1-2 (None: the research script's L9-L26 of 36 as a fraction of depth).
@@ -142,23 +150,27 @@ def edited_layers(model, config: SurgeryConfig) -> list[int]:
 
 @dataclass(frozen=True)
 class FitPrompts(ParallelPrompts):
-    """The problems the language subspace is fitted on: the drawn set without any problem the study evaluates.
+    """The problems the language subspace is fitted on: the drawn set, evaluated problems replaced.
 
     Attributes:
-        n_drawn: problems drawn (``generate_problems(n_pairs, seed)``) before leaving any out.
-        left_out: ``{"evaluation": count, "loss": count}``: drawn problems that are also in the
-            generation test set or in the loss set (same template and numbers), left out.
+        n_replaced: drawn problems that the study also evaluates (generation test set or loss
+            set; same template and numbers), each replaced by a fresh draw of its category
+            (:func:`interp_tl.prompts.generate_problems_excluding`).
     """
 
-    n_drawn: int
-    left_out: Mapping[str, int]
+    n_replaced: int
 
     def identity(self) -> dict[str, object]:
-        """What regenerates these prompts: the drawn set's id, the rule that left problems out, languages, BOS."""
+        """What regenerates these prompts: the drawn set's id, the replacement rule, languages, BOS."""
         first = self.tokens[self.langs[0]]
-        return {**problem_set_id(self.n_drawn, self.seed), "languages": list(self.langs),
+        return {**problem_set_id(self.n, self.seed), "languages": list(self.langs),
                 "prepend_bos": first.prepend_bos, "bos_token_id": first.bos_id,
-                "left_out": "problems also in the evaluation or loss sets", "n_fit": self.n}
+                "evaluated_problems": REPLACEMENT_RULE, "n_replaced": self.n_replaced}
+
+
+#: How the fit set is kept apart from the evaluated problems, in words for the JSON.
+REPLACEMENT_RULE = ("drawn problems also in the evaluation or loss sets are replaced by the next draw of the same "
+                    "category from the same generator")
 
 
 def evaluated_problems(config: SurgeryConfig) -> dict[str, list[Problem]]:
@@ -169,23 +181,19 @@ def evaluated_problems(config: SurgeryConfig) -> dict[str, list[Problem]]:
 
 def prepare(model, config: SurgeryConfig) -> FitPrompts:
     """The fit problems in every language of the config, disjoint from every evaluated problem, tokenized."""
-    drawn = generate_problems(config.n_pairs, config.seed, config.langs)
-    held = evaluated_problems(config)
-    kept = excluding(drawn, [p for problems in held.values() for p in problems])
-    if len(kept) < 2:
-        raise BadInputError(f"only {len(kept)} of the {len(drawn)} fit problems are not evaluated: draw more (n_pairs)")
-    tokens = {lang: tokenize(model, [p.prompts[lang] for p in kept], config.prepend_bos) for lang in config.langs}
-    left_out = {name: overlap_count(drawn, problems) for name, problems in held.items()}
-    return FitPrompts(tuple(kept), MappingProxyType(tokens), config.langs, config.seed, config.n_pairs,
-                      MappingProxyType(left_out))
+    held = [p for problems in evaluated_problems(config).values() for p in problems]
+    fit, replaced = generate_problems_excluding(config.n_pairs, config.seed, held, config.langs)
+    tokens = {lang: tokenize(model, [p.prompts[lang] for p in fit], config.prepend_bos) for lang in config.langs}
+    return FitPrompts(tuple(fit), MappingProxyType(tokens), config.langs, config.seed, replaced)
 
 
 def fit_set(config: SurgeryConfig, prompts: ParallelPrompts) -> dict[str, Any]:
-    """The fit set's record: drawn, left out, used, and its overlap (recounted) with every evaluated set."""
+    """The fit set's record: how many drawn problems were evaluated ones, and its overlap (recounted) with each set."""
     held = evaluated_problems(config)
-    return {"problems": problem_set_id(config.n_pairs, config.seed),
-            "n_drawn": getattr(prompts, "n_drawn", prompts.n), "n_fit": prompts.n,
-            "left_out": dict(getattr(prompts, "left_out", {})),
+    drawn = generate_problems(config.n_pairs, config.seed, config.langs)
+    return {"problems": problem_set_id(config.n_pairs, config.seed), "rule": REPLACEMENT_RULE,
+            "n_fit": prompts.n,
+            "replaced": {name: overlap_count(drawn, problems) for name, problems in held.items()},
             **{f"overlap_with_{name}": overlap_count(prompts.problems, problems) for name, problems in held.items()}}
 
 
@@ -405,9 +413,9 @@ def run_surgery(model, config: SurgeryConfig = SurgeryConfig(), progress: bool =
         and ``surgery`` as lists of per-language results with ``correct``, ``total``,
         ``accuracy``, ``mean_fat``, ``outputs``, ``lang_preservation``) plus ``random_control``
         and ``energy_matched_control`` (same lists), ``removed_energy`` (per layer the fraction of
-        the MLP write's energy each condition removes), ``fit_set`` (drawn, left out, overlap
-        with the evaluated sets: 0), ``paired_tests`` (per language), ``paired_tests_pooled``
-        (across languages), ``sweep``, ``loss`` and ``subspace``.
+        the MLP write's energy each condition removes), ``fit_set`` (drawn problems that were
+        evaluated ones and replaced, overlap with the evaluated sets: 0), ``paired_tests`` (per
+        language), ``paired_tests_pooled`` (across languages), ``sweep``, ``loss`` and ``subspace``.
 
     Raises:
         BadInputError: alpha outside [0, 1], k >= d_model or above the data's rank, unknown
