@@ -429,7 +429,9 @@ def run_surgery(model, config: SurgeryConfig = SurgeryConfig(), progress: bool =
 def plot(result: StudyResult):
     """Accuracy and language preservation per language (baseline / surgery / controls) and the dose-response."""
     data = result.data
-    conditions = [(key, key.replace("_", " ")) for key in CONDITIONS if key in data]
+    labels = {"baseline": "baseline", "surgery": "surgery", "random_control": "random control",
+              "energy_matched_control": "energy-matched control"}
+    conditions = [(key, labels[key]) for key in CONDITIONS if key in data]
     langs = [r["lang"] for r in data["baseline"]]
     x = np.arange(len(langs))
     fig = figure((15, 4))
