@@ -1144,6 +1144,9 @@ def language_subspace(
 
 # Paired binary outcomes (e.g. a problem solved before and after an edit).
 
+#: One outcome per item: True (success), False, or None (undefined; its pair is left out).
+Outcomes = Sequence[bool | np.bool_ | None]
+
 #: How :func:`stratified_mcnemar` pools the strata, in words for the JSON.
 POOLED_MCNEMAR_METHOD = ("exact conditional test over the discordant pairs pooled across strata (stratified "
                          "McNemar): given each stratum's discordant count, the losses are Binomial(total "
@@ -1154,7 +1157,7 @@ ITEM_SIGN_FLIP_METHOD = ("exact sign-flip test by item: each item's gained - los
                          "(all 2^n flips); two-sided")
 
 
-def _paired_lists(before: Sequence[bool | None], after: Sequence[bool | None], what: str) -> list[tuple[bool, bool]]:
+def _paired_lists(before: Outcomes, after: Outcomes, what: str) -> list[tuple[bool, bool]]:
     """The pairs where both outcomes are known (None: undefined, e.g. an output with no letters)."""
     if len(before) != len(after):
         raise BadInputError(f"{what}: {len(before)} outcomes before, {len(after)} after; they must pair up")
@@ -1167,7 +1170,7 @@ def _two_sided_binomial(lost: int, discordant: int) -> float:
     return float(binomtest(min(lost, discordant - lost), discordant, 0.5).pvalue)
 
 
-def mcnemar(before: Sequence[bool | None], after: Sequence[bool | None]) -> dict[str, Any]:
+def mcnemar(before: Outcomes, after: Outcomes) -> dict[str, Any]:
     """Exact McNemar test of paired binary outcomes.
 
     Args:
@@ -1191,7 +1194,7 @@ def mcnemar(before: Sequence[bool | None], after: Sequence[bool | None]) -> dict
 
 
 def stratified_mcnemar(
-    before: Mapping[str, Sequence[bool | None]], after: Mapping[str, Sequence[bool | None]]
+    before: Mapping[str, Outcomes], after: Mapping[str, Outcomes]
 ) -> dict[str, Any]:
     """The strata's McNemar tests pooled into one exact test (e.g. one stratum per language).
 
@@ -1234,7 +1237,7 @@ def _sign_flip_counts(totals: Sequence[int]) -> dict[int, int]:
 
 
 def item_sign_flip(
-    before: Mapping[str, Sequence[bool | None]], after: Mapping[str, Sequence[bool | None]]
+    before: Mapping[str, Outcomes], after: Mapping[str, Outcomes]
 ) -> dict[str, Any]:
     """Exact paired test that allows the same items to recur in every stratum.
 
@@ -1270,7 +1273,7 @@ def item_sign_flip(
 
 
 def paired_binary_tests(
-    before: Mapping[str, Sequence[bool | None]], after: Mapping[str, Sequence[bool | None]]
+    before: Mapping[str, Outcomes], after: Mapping[str, Outcomes]
 ) -> dict[str, Any]:
     """Per stratum :func:`mcnemar`, pooled :func:`stratified_mcnemar` and :func:`item_sign_flip`.
 
