@@ -17,7 +17,7 @@ problems = itl.generate_problems(200, seed=42)  # the parallel problem set, the 
 tokens = {lang: model.to_tokens([p.prompts[lang] for p in problems]) for lang in ("zh", "en")}
 caches = {lang: model.run_with_cache(t, names_filter=itl.names_filter)[1] for lang, t in tokens.items()}
 last = {lang: itl.last_token(caches[lang], tokens=tokens[lang]) for lang in caches}  # each prompt's last real token
-print(itl.layer_alignment(last["zh"], last["en"]))  # per layer: z before/after attention/after MLP, Δz, exact z
+print(itl.layer_alignment(last["zh"], last["en"]))  # per layer: exact-null z before/after attn/MLP, Δz, Monte Carlo z
 print(itl.writer_shares(last["zh"], last["en"], layer=model.cfg.n_layers - 1))  # additive split over heads, MLPs
 masks = {lang: itl.token_mask(model, t) for lang, t in tokens.items()}
 itl.plot_head(caches, layer=1, head=3, masks=masks).savefig(f"{args.out}/head_L1H3.png")  # one head, first prompts

@@ -319,9 +319,9 @@ def _head_lines(report: dict) -> list[str]:
     if share:
         lines.append(f"  share of the alignment gap at layer {share['layer_of_residual']}: {share['share']:.5f} "
                      f"of {share['total']:.5f} (null band {share['band'][0]:.5f}..{share['band'][1]:.5f}, "
-                     f"z {share['z']:.1f})")
-    lines.append(f"  {abl['ablation']} ablation, delta z at layers {abl['layers']}: "
-                 + ", ".join(f"{d:+.2f}" for d in abl["delta_z"]))
+                     f"exact-null z {share['z_exact']:.1f})")
+    lines.append(f"  {abl['ablation']} ablation, change of the exact-null z at layers {abl['layers']}: "
+                 + ", ".join(f"{d:+.2f}" for d in abl["delta_z_exact"]))
     for lang, att in report["attention"].items():
         classes = ", ".join(f"{k} {v:.2f}" for k, v in att["mass_by_token_class"].items())
         lines.append(f"  {lang}: last-token attention entropy {att['entropy']:.2f}, first position "
@@ -444,6 +444,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interp-tl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `interp-tl ... | head`: the reader left; files are complete
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

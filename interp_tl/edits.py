@@ -1,4 +1,4 @@
-"""Weight edits on a HookedTransformer that respect TransformerLens weight processing.
+"""Weight edits on a HookedTransformer that respect TransformerLens weight processing, and their controls.
 
 Removing a subspace ``U`` (orthonormal columns ``[d_model, k]``) from what a layer's MLP writes to
 the residual stream is, with TransformerLens' ``x @ W`` convention,
@@ -23,7 +23,8 @@ as applying ``@ P`` to ``blocks.L.hook_mlp_out`` (tested, LN and RMS models, pro
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -206,3 +207,167 @@ def load_edited_model(
         "route": "edit unprocessed, then process",
     })
     return model
+
+
+# How much of a write an edit removes, and a random control that removes as much.
+
+#: Largest tilt tried when matching (the weights are ``(λ/λ_ref)^(t/2)``).
+_MAX_TILT = 1e4
+#: Smallest weight (relative to the largest) the k-th tilted direction may get: much below it the
+#: QR factorization of the tilted draw cannot resolve the k-th direction (its part is rounding next to
+#: the first), and the removed fraction stops being a continuous function of the tilt.
+_MIN_WEIGHT_LOG = math.log(1e-6)
+#: Relative tolerance of the match: the bisection stops when the fractions agree to this.
+MATCH_RTOL = 1e-9
+
+
+def removed_energy(
+    writes: Float[np.ndarray, "n d_model"], axes: Float[np.ndarray, "d_model k"], alpha: float = 1.0
+) -> float:
+    """Fraction of the writes' squared norm that ``W ← W (I − α U Uᵀ)`` removes: ``1 − ‖W P‖² / ‖W‖²``.
+
+    For orthonormal ``U`` this is ``(2α − α²) ‖W U‖² / ‖W‖²``; at α = 1 the energy of the writes
+    inside the subspace.
+
+    Raises:
+        BadInputError: the writes have zero energy, or shapes do not fit.
+    """
+    w = np.asarray(writes, dtype=np.float64)
+    u = np.asarray(axes, dtype=np.float64)
+    if w.ndim != 2 or u.ndim != 2 or w.shape[1] != u.shape[0]:
+        raise BadInputError(f"writes [n, d_model] and axes [d_model, k] do not fit: {w.shape}, {u.shape}")
+    total = float(np.einsum("nd,nd->", w, w))
+    if not total > 0:
+        raise BadInputError("the writes have zero energy: no fraction to remove")
+    inside = w @ u
+    return (2 * alpha - alpha * alpha) * float(np.einsum("nk,nk->", inside, inside)) / total
+
+
+@dataclass(frozen=True)
+class MatchedBasis:
+    """A random basis removing as much of a write's energy as a target basis (:func:`energy_matched_basis`).
+
+    Attributes:
+        basis: the control's axes, in the target's residual basis.
+        target: the fraction of the writes' energy the target axes remove (α = 1).
+        achieved: the fraction the control removes.
+        matched: whether ``|achieved − target| <= MATCH_RTOL · target`` (False when no tilt reaches it).
+        tilt: the exponent t of the write's second-moment matrix the directions were drawn with.
+        isotropic: the fraction the same draw removes at t = 0 (uniformly random directions).
+        covariance: the fraction at t = 1 (directions drawn from the write's own second moment).
+        overlap: ``‖Uᵀ V‖²_F / k``, the mean squared cosine between the control's and the target's
+            subspaces (0: orthogonal, 1: the same; ``k / d`` expected for uniformly random ones).
+    """
+
+    basis: Basis
+    target: float
+    achieved: float
+    matched: bool
+    tilt: float
+    isotropic: float
+    covariance: float
+    overlap: float
+
+    def as_dict(self) -> dict[str, float | bool]:
+        """The numbers (not the axes) for the JSON."""
+        return {"target": self.target, "achieved": self.achieved, "matched": self.matched, "tilt": self.tilt,
+                "isotropic": self.isotropic, "covariance": self.covariance, "overlap": self.overlap}
+
+
+def _allowed_directions(d: int, kind: ResidualBasis) -> np.ndarray:
+    """Orthonormal ``[d, r]`` basis of the directions a basis in ``kind`` may use (all, or those ⟂ 1)."""
+    if kind == "raw":
+        return np.eye(d)
+    ones = np.full((d, 1), 1 / math.sqrt(d))
+    return np.linalg.svd(np.eye(d) - ones @ ones.T)[0][:, : d - 1]
+
+
+class _TiltedDraws:
+    """``V(t) = orth(C^{t/2} G)`` in the eigenbasis of the writes' second moment ``C`` (allowed directions only)."""
+
+    def __init__(self, writes: np.ndarray, allowed: np.ndarray, k: int, rng: np.random.Generator) -> None:
+        coords = writes @ allowed
+        lam, vecs = np.linalg.eigh(coords.T @ coords)
+        self.lam, self.vecs = lam[::-1].copy(), vecs[:, ::-1]
+        self.total = float(np.einsum("nd,nd->", writes, writes))
+        self.allowed, self.k = allowed, k
+        self.log_lam = np.log(np.maximum(self.lam, self.lam[0] * 1e-15))
+        self.g = rng.standard_normal((len(self.lam), k))
+
+    def _coords(self, t: float) -> np.ndarray:
+        ref = self.log_lam[0] if t >= 0 else self.log_lam[-1]
+        return np.linalg.qr(np.exp(0.5 * t * (self.log_lam - ref))[:, None] * self.g)[0]
+
+    def fraction(self, t: float) -> float:
+        y = self._coords(t)
+        return float(np.einsum("i,ik,ik->", self.lam, y, y)) / self.total
+
+    def axes(self, t: float) -> np.ndarray:
+        return self.allowed @ (self.vecs @ self._coords(t))
+
+    def max_tilt(self, sign: int) -> float:
+        """The largest |t| at which the k-th strongest (sign +) or weakest (sign −) direction keeps weight >= 1e-6."""
+        spread = self.log_lam[0] - self.log_lam[self.k - 1] if sign > 0 else self.log_lam[-self.k] - self.log_lam[-1]
+        return _MAX_TILT if spread <= 0 else min(_MAX_TILT, -2 * _MIN_WEIGHT_LOG / spread)
+
+
+def _solve_tilt(draws: _TiltedDraws, target: float) -> float:
+    """Bisection for ``fraction(t) = target`` between 0 and the limit on the side the target lies (or that limit)."""
+    f0 = draws.fraction(0.0)
+    sign = 1 if target >= f0 else -1
+    end = sign * draws.max_tilt(sign)
+    if (draws.fraction(end) - target) * sign < 0:
+        return end  # out of reach: the closest the family gets
+    lo, hi = 0.0, end
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        f = draws.fraction(mid)
+        if abs(f - target) <= MATCH_RTOL * target:
+            return mid
+        if (f - target) * sign < 0:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def energy_matched_basis(
+    writes: Float[np.ndarray, "n d_model"], target: Basis, seed: Sequence[int] | int = 0
+) -> MatchedBasis:
+    """A random k-dim basis that removes the same fraction of ``writes``' energy as ``target``.
+
+    Directions are drawn as ``orth(C^{t/2} G)`` with ``C = Wᵀ W`` the writes' second moment and
+    ``G`` a standard normal ``[d, k]`` draw (``t = 0``: uniformly random directions, the plain
+    control; ``t = 1``: directions distributed as the writes themselves; ``t → ∞``: the writes'
+    top-k principal directions); ``t`` is solved by bisection so that the control removes the
+    fraction ``target`` removes (:func:`removed_energy`, α = 1; then at every α, as both scale
+    by ``2α − α²``). In the centred residual basis the directions stay orthogonal to the
+    all-ones vector.
+
+    Args:
+        writes: ``[n, d_model]``, e.g. ``blocks.L.hook_mlp_out`` at the positions the target
+            axes were fitted on.
+        target: the axes to match (e.g. the language subspace).
+        seed: seed (sequence) of ``numpy.random.default_rng`` for ``G``.
+
+    Returns:
+        A :class:`MatchedBasis`; ``matched`` is False when even the writes' top (or bottom)
+        principal directions cannot reach the target fraction (then the closest draw).
+
+    Raises:
+        BadInputError: the writes are not finite, have zero energy, or do not fit the basis.
+    """
+    w = np.asarray(writes, dtype=np.float64)
+    if w.ndim != 2 or w.shape[1] != target.axes.shape[0] or not np.isfinite(w).all():
+        raise BadInputError(f"writes must be finite [n, d_model = {target.axes.shape[0]}], got shape {w.shape}")
+    goal = removed_energy(w, target.axes)
+    draws = _TiltedDraws(w, _allowed_directions(w.shape[1], target.residual_basis), target.k,
+                         np.random.default_rng(seed))
+    tilt = _solve_tilt(draws, goal)
+    axes = draws.axes(tilt)
+    achieved = removed_energy(w, axes)
+    return MatchedBasis(
+        basis=Basis(axes, target.residual_basis), target=goal, achieved=achieved,
+        matched=abs(achieved - goal) <= MATCH_RTOL * goal, tilt=float(tilt), isotropic=draws.fraction(0.0),
+        covariance=draws.fraction(1.0),
+        overlap=float(np.linalg.norm(target.axes.T @ axes) ** 2 / target.k))

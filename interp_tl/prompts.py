@@ -178,6 +178,65 @@ def problem_set_id(n: int, seed: int) -> dict[str, object]:
     return {"name": "parallel-math-7", "n": n, "seed": seed, "generator": "random.Random, seeds' order"}
 
 
+def problem_key(problem: Problem) -> tuple:
+    """What makes two problems the same in every language: template and numbers (not the row index)."""
+    return (problem.template, tuple(sorted(problem.numbers.items())))
+
+
+def _row_key(row: tuple[str, dict[str, int], int]) -> tuple:
+    return (row[0], tuple(sorted(row[1].items())))
+
+
+def overlap_count(problems: Sequence[Problem], others: Sequence[Problem]) -> int:
+    """How many of ``problems`` are also among ``others`` (same template and numbers)."""
+    keys = {problem_key(p) for p in others}
+    return sum(problem_key(p) in keys for p in problems)
+
+
+#: Draws tried for one replacement before giving up (every problem of a category may be excluded).
+_MAX_REDRAWS = 10_000
+
+
+def generate_problems_excluding(
+    n: int, seed: int, exclude: Sequence[Problem], langs: Sequence[str] | None = None
+) -> tuple[list[Problem], int]:
+    """:func:`generate_problems` with every problem that is also in ``exclude`` replaced, in place.
+
+    The rows are drawn and shuffled exactly as :func:`generate_problems`; then each row that is
+    also in ``exclude`` (same template and numbers) is replaced by the next draw of the same
+    category from the same generator that is not. Rows not excluded stay the same problems in
+    the same places, and each category keeps its count.
+
+    Returns:
+        The problems and how many rows were replaced.
+
+    Raises:
+        BadInputError: as :func:`generate_problems`, or no problem of a category outside ``exclude``
+            turns up in 10,000 draws.
+    """
+    if n < 5 or n % 5:
+        raise BadInputError(f"n must be a positive multiple of 5 (n // 5 problems per category), got {n}")
+    langs = check_languages(langs if langs is not None else languages())
+    rng = random.Random(seed)
+    rows = [_draw(rng, category) for category in CATEGORIES for _ in range(n // 5)]
+    rng.shuffle(rows)
+    keys = {problem_key(p) for p in exclude}
+    replaced = 0
+    for i, row in enumerate(rows):
+        if _row_key(row) not in keys:
+            continue
+        category = row[0].split("_")[0]
+        for _ in range(_MAX_REDRAWS):
+            row = _draw(rng, category)
+            if _row_key(row) not in keys:
+                break
+        else:
+            raise BadInputError(f"no {category} problem outside the excluded ones in {_MAX_REDRAWS} draws")
+        rows[i] = row
+        replaced += 1
+    return [_render(i, row, langs) for i, row in enumerate(rows)], replaced
+
+
 #: Unicode script(s) of each language's letters, by the prefix of the characters' Unicode names.
 LANGUAGE_SCRIPTS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "zh": ("CJK UNIFIED",), "ja": ("CJK UNIFIED", "HIRAGANA", "KATAKANA"), "ko": ("HANGUL",),

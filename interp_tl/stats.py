@@ -21,6 +21,10 @@ the reason in ``degenerate``.
 
 :func:`language_subspace` is the other multi-language statistic: the directions along which the
 same problem's activation moves when only its language changes (problem-centred SVD).
+
+Paired binary outcomes (a problem solved before and after an edit, per language):
+:func:`mcnemar` per stratum, :func:`stratified_mcnemar` pooled over strata (exact conditional),
+:func:`item_sign_flip` for items that recur in every stratum, :func:`paired_binary_tests` all three.
 """
 
 from __future__ import annotations
@@ -28,14 +32,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 from jaxtyping import Float, Int
 from scipy.special import ndtr
-from scipy.stats import rankdata
+from scipy.stats import binomtest, rankdata
 
 from interp_tl.errors import BadInputError
 
@@ -55,6 +60,19 @@ _NORM_TINY = 1e-150
 
 # Largest seed numpy's RandomState accepts, plus one.
 _SEED_LIMIT = 2**32
+
+
+#: What the two z's of every study mean, for the JSON (``z_statistics``). One convention: every
+#: Monte Carlo sd is ``ddof=0`` (the research scripts' ``np.std``), the exact null is the
+#: population over all ``n!`` pairings, so both estimate the same quantity.
+Z_STATISTICS = {
+    "z_exact": ("exact permutation-null z: (observed - exact null mean) / exact null sd over all n! pairings "
+                "(Hoeffding); deterministic, no sampling error, unchanged when the two languages are swapped. "
+                "Headlines, deltas and rankings use it (keys with z_exact / _exact)."),
+    "z": ("Monte Carlo permutation z, the research scripts' statistic: (observed - mean) / sd (ddof=0) over "
+          "n_perms random pairings of RandomState(perm_seed); kept under the research scripts' keys for "
+          "comparison, it carries sampling error and depends on which language is permuted."),
+}
 
 
 def _finite_float(value: float) -> float | None:
@@ -1122,3 +1140,148 @@ def language_subspace(
     flip = np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(k)])
     axes *= flip
     return LanguageSubspace(axes, np.ldexp(s, exponent) if exponent else s, float(scree[:k].sum()), scree, rank)
+
+
+# Paired binary outcomes (e.g. a problem solved before and after an edit).
+
+#: One outcome per item: True (success), False, or None (undefined; its pair is left out).
+Outcomes = Sequence[bool | np.bool_ | None]
+
+#: How :func:`stratified_mcnemar` pools the strata, in words for the JSON.
+POOLED_MCNEMAR_METHOD = ("exact conditional test over the discordant pairs pooled across strata (stratified "
+                         "McNemar): given each stratum's discordant count, the losses are Binomial(total "
+                         "discordant, 1/2) under the null; two-sided")
+#: How :func:`item_sign_flip` treats the items, in words for the JSON.
+ITEM_SIGN_FLIP_METHOD = ("exact sign-flip test by item: each item's gained - lost summed over the strata, "
+                         "the before/after labels of an item swapped in all strata at once under the null "
+                         "(all 2^n flips); two-sided")
+
+
+def _paired_lists(before: Outcomes, after: Outcomes, what: str) -> list[tuple[bool, bool]]:
+    """The pairs where both outcomes are known (None: undefined, e.g. an output with no letters)."""
+    if len(before) != len(after):
+        raise BadInputError(f"{what}: {len(before)} outcomes before, {len(after)} after; they must pair up")
+    return [(bool(x), bool(y)) for x, y in zip(before, after) if x is not None and y is not None]
+
+
+def _two_sided_binomial(lost: int, discordant: int) -> float:
+    if discordant == 0:
+        return 1.0
+    return float(binomtest(min(lost, discordant - lost), discordant, 0.5).pvalue)
+
+
+def mcnemar(before: Outcomes, after: Outcomes) -> dict[str, Any]:
+    """Exact McNemar test of paired binary outcomes.
+
+    Args:
+        before: one outcome per item (True: success); None marks an undefined outcome, and its
+            pair is left out.
+        after: the same items' outcomes after the change.
+
+    Returns:
+        ``lost`` (True before, False after), ``gained``, ``n_pairs`` (pairs with both outcomes
+        known) and ``p_value``: two-sided exact binomial p over the ``lost + gained`` discordant
+        pairs (1 when there are none).
+
+    Raises:
+        BadInputError: the two lists have different lengths.
+    """
+    pairs = _paired_lists(before, after, "mcnemar")
+    lost = sum(x and not y for x, y in pairs)
+    gained = sum(y and not x for x, y in pairs)
+    return {"lost": int(lost), "gained": int(gained), "n_pairs": len(pairs),
+            "p_value": _two_sided_binomial(lost, lost + gained)}
+
+
+def stratified_mcnemar(
+    before: Mapping[str, Outcomes], after: Mapping[str, Outcomes]
+) -> dict[str, Any]:
+    """The strata's McNemar tests pooled into one exact test (e.g. one stratum per language).
+
+    Under the null that, in every stratum, a discordant pair is as likely lost as gained, the
+    losses of stratum s given its ``n_s`` discordant pairs are Binomial(n_s, 1/2), independent
+    across strata, so the total loss given the total discordant count is Binomial(Σ n_s, 1/2):
+    the exact conditional test needs no large-sample approximation however few pairs each
+    stratum has. It treats the pairs as independent; when the same items recur in every stratum
+    (the same problems in every language), :func:`item_sign_flip` is the test that allows for that.
+
+    Args:
+        before: ``{stratum: outcomes}`` (None: undefined, left out with its pair).
+        after: the same strata and items after the change.
+
+    Returns:
+        ``lost``, ``gained``, ``discordant``, ``n_pairs``, ``n_strata``, ``p_value`` and ``method``.
+
+    Raises:
+        BadInputError: the strata differ, or a stratum's lists have different lengths.
+    """
+    if set(before) != set(after):
+        raise BadInputError(f"strata differ: {sorted(before)} before, {sorted(after)} after")
+    per = [mcnemar(before[s], after[s]) for s in before]
+    lost, gained = sum(t["lost"] for t in per), sum(t["gained"] for t in per)
+    return {"lost": lost, "gained": gained, "discordant": lost + gained, "n_pairs": sum(t["n_pairs"] for t in per),
+            "n_strata": len(per), "p_value": _two_sided_binomial(lost, lost + gained),
+            "method": POOLED_MCNEMAR_METHOD}
+
+
+def _sign_flip_counts(totals: Sequence[int]) -> dict[int, int]:
+    """``{s: number of sign vectors e with sum_i e_i totals_i = s}`` over all ``2^n`` vectors (exact ints)."""
+    counts = {0: 1}
+    for t in totals:
+        nxt: dict[int, int] = {}
+        for s, c in counts.items():
+            for v in (s + t, s - t):
+                nxt[v] = nxt.get(v, 0) + c
+        counts = nxt
+    return counts
+
+
+def item_sign_flip(
+    before: Mapping[str, Outcomes], after: Mapping[str, Outcomes]
+) -> dict[str, Any]:
+    """Exact paired test that allows the same items to recur in every stratum.
+
+    Item i's difference is ``D_i = Σ_s (after_s[i] − before_s[i])`` (gained minus lost over
+    the strata; undefined outcomes count 0). Under the null the before/after labels of an item
+    are exchangeable in all strata at once, so ``Σ_i D_i`` is distributed as ``Σ_i ±D_i`` over
+    all ``2^n`` sign vectors; the distribution is computed exactly (integer counts).
+
+    Args:
+        before: ``{stratum: outcomes}``, every stratum the same items in the same order.
+        after: the same after the change.
+
+    Returns:
+        ``gained_minus_lost`` (the statistic), ``n_items``, ``items_changed`` (items with
+        ``D_i != 0``), ``p_value`` (two-sided: ``P(|Σ ±D_i| >= |observed|)``) and ``method``.
+
+    Raises:
+        BadInputError: the strata differ or hold different numbers of items.
+    """
+    if set(before) != set(after):
+        raise BadInputError(f"strata differ: {sorted(before)} before, {sorted(after)} after")
+    sizes = {len(v) for v in (*before.values(), *after.values())}
+    if len(sizes) != 1:
+        raise BadInputError(f"every stratum must hold the same items: sizes {sorted(sizes)}")
+    n = sizes.pop()
+    totals = [sum(int(bool(after[s][i])) - int(bool(before[s][i])) for s in before
+                  if before[s][i] is not None and after[s][i] is not None) for i in range(n)]
+    observed = sum(totals)
+    counts = _sign_flip_counts([abs(t) for t in totals if t])
+    extreme = sum(c for s, c in counts.items() if abs(s) >= abs(observed))
+    return {"gained_minus_lost": int(observed), "n_items": n, "items_changed": sum(1 for t in totals if t),
+            "p_value": float(Fraction(extreme, sum(counts.values()))), "method": ITEM_SIGN_FLIP_METHOD}
+
+
+def paired_binary_tests(
+    before: Mapping[str, Outcomes], after: Mapping[str, Outcomes]
+) -> dict[str, Any]:
+    """Per stratum :func:`mcnemar`, pooled :func:`stratified_mcnemar` and :func:`item_sign_flip`.
+
+    For any paired binary outcome by stratum: accuracy per language before/after an edit, or
+    whether an output stays in its prompt's language (None where undefined).
+
+    Returns:
+        ``{"per_stratum": {stratum: mcnemar}, "pooled": stratified_mcnemar, "by_item": item_sign_flip}``.
+    """
+    return {"per_stratum": {s: mcnemar(before[s], after[s]) for s in before},
+            "pooled": stratified_mcnemar(before, after), "by_item": item_sign_flip(before, after)}

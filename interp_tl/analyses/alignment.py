@@ -7,6 +7,12 @@ statistics of each (and of each write alone): Monte Carlo z (the research script
 p, bootstrap interval of the gap, retrieval AUC. Δz per sublayer is the research scripts'
 attribution; cosines do not add, so Δz is not an additive decomposition (the additive split is
 :mod:`interp_tl.analyses.shares`).
+
+Two z's per key: the research scripts' names (``z_post_mlp``, ``dz_attn``, ``total_dz_attn``)
+keep the Monte Carlo z, for comparison with their files; the twin with ``z`` replaced by
+``z_exact`` (``z_exact_post_mlp``, ``dz_exact_attn``, ``total_dz_exact_attn``; counts without a
+z in the name get ``_exact``) is the exact permutation-null z: no sampling error, the same for
+any permutation seed and when the two languages are swapped. Headlines use the exact twins.
 """
 
 from __future__ import annotations
@@ -53,48 +59,71 @@ def _sub(x: float | None, y: float | None) -> float | None:
     return None if x is None or y is None else x - y
 
 
+def _z_keys(z: Mapping[str, float | None], prefix: str) -> dict[str, float | None]:
+    """The research scripts' per-layer z keys (``prefix`` "z") or their exact-null twins ("z_exact")."""
+    d = "d" + prefix
+    return {
+        f"{prefix}_pre": z["pre"],
+        f"{prefix}_post_attn": z["post_attn"],
+        f"{prefix}_post_mlp": z["post_mlp"],
+        f"{d}_attn": _sub(z["post_attn"], z["pre"]),
+        f"{d}_mlp": _sub(z["post_mlp"], z["post_attn"]),
+        f"{prefix}_attn_correction_alone": z["attn_alone"],
+        f"{prefix}_mlp_correction_alone": z["mlp_alone"],
+    }
+
+
 def layer_entry(
     cache_a: ActivationCache, cache_b: ActivationCache, layer: int, *, n_perms: int = 500, perm_seed: int = 42,
     n_boot: int = 200,
 ) -> dict[str, Any]:
-    """One element of the research scripts' ``layer_results`` (same keys), plus full statistics per stage."""
+    """One element of the research scripts' ``layer_results`` (same keys), their exact-null twins, full statistics.
+
+    The research scripts' keys (``z_pre``, ``dz_attn``, ...) keep the Monte Carlo z; each has an
+    exact-null twin with ``z`` replaced by ``z_exact`` (``z_exact_pre``, ``dz_exact_attn``, ...):
+    deterministic, and unchanged when the two languages are swapped.
+    """
     va, vb = stage_vectors(cache_a, layer), stage_vectors(cache_b, layer)
     full = {stage: stats.alignment_summary(va[stage], vb[stage], n_perms, perm_seed, n_boot) for stage in STAGES}
-    z = {stage: full[stage]["z"] for stage in STAGES}
     norm = {stage: float(np.linalg.norm(va[stage], axis=1).mean()) for stage in ("pre", "attn_alone", "mlp_alone")}
     return {
         "layer": layer,
-        "z_pre": z["pre"],
-        "z_post_attn": z["post_attn"],
-        "z_post_mlp": z["post_mlp"],
-        "dz_attn": _sub(z["post_attn"], z["pre"]),
-        "dz_mlp": _sub(z["post_mlp"], z["post_attn"]),
-        "z_attn_correction_alone": z["attn_alone"],
-        "z_mlp_correction_alone": z["mlp_alone"],
+        **_z_keys({stage: full[stage]["z"] for stage in STAGES}, "z"),
         "norm_h_pre": norm["pre"],
         "norm_attn_delta": norm["attn_alone"],
         "norm_mlp_delta": norm["mlp_alone"],
         "matched_cos_pre": full["pre"]["matched"],
         "matched_cos_post_attn": full["post_attn"]["matched"],
         "matched_cos_post_mlp": full["post_mlp"]["matched"],
+        **_z_keys({stage: full[stage]["z_exact"] for stage in STAGES}, "z_exact"),
         "stats": full,
     }
 
 
-def summarize(layer_results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The research scripts' ``summary`` (same keys and thresholds: dominant if Δz > 0.5, aligned if z > 3)."""
-    dz_attn = [r["dz_attn"] or 0.0 for r in layer_results]
-    dz_mlp = [r["dz_mlp"] or 0.0 for r in layer_results]
+def _totals(layer_results: Sequence[Mapping[str, Any]], z: str, suffix: str) -> dict[str, Any]:
+    d = "d" + z
+    dz_attn = [r[f"{d}_attn"] or 0.0 for r in layer_results]
+    dz_mlp = [r[f"{d}_mlp"] or 0.0 for r in layer_results]
     total_attn, total_mlp = float(sum(dz_attn)), float(sum(dz_mlp))
     return {
-        "total_dz_attn": total_attn,
-        "total_dz_mlp": total_mlp,
-        "ratio_attn_mlp": total_attn / total_mlp if total_mlp else None,
-        "attn_dominant_layers": sum(a > m and a > 0.5 for a, m in zip(dz_attn, dz_mlp)),
-        "mlp_dominant_layers": sum(m > a and m > 0.5 for a, m in zip(dz_attn, dz_mlp)),
-        "attn_aligned_layers": sum((r["z_attn_correction_alone"] or 0.0) > 3.0 for r in layer_results),
-        "mlp_aligned_layers": sum((r["z_mlp_correction_alone"] or 0.0) > 3.0 for r in layer_results),
+        f"total_{d}_attn": total_attn,
+        f"total_{d}_mlp": total_mlp,
+        f"ratio{suffix}_attn_mlp": total_attn / total_mlp if total_mlp else None,
+        f"attn_dominant_layers{suffix}": sum(a > m and a > 0.5 for a, m in zip(dz_attn, dz_mlp)),
+        f"mlp_dominant_layers{suffix}": sum(m > a and m > 0.5 for a, m in zip(dz_attn, dz_mlp)),
+        f"attn_aligned_layers{suffix}": sum((r[f"{z}_attn_correction_alone"] or 0.0) > 3.0 for r in layer_results),
+        f"mlp_aligned_layers{suffix}": sum((r[f"{z}_mlp_correction_alone"] or 0.0) > 3.0 for r in layer_results),
     }
+
+
+def summarize(layer_results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The research scripts' ``summary`` (same keys and thresholds: dominant if Δz > 0.5, aligned if z > 3).
+
+    The research scripts' keys total the Monte Carlo Δz; the same totals and counts of the
+    exact-null z follow under ``total_dz_exact_attn``, ``total_dz_exact_mlp``,
+    ``ratio_exact_attn_mlp`` and ``..._layers_exact`` (what the headline reports).
+    """
+    return {**_totals(layer_results, "z", ""), **_totals(layer_results, "z_exact", "_exact")}
 
 
 def resid_sum_error(cache: ActivationCache, layers: Sequence[int]) -> dict[str, float]:
@@ -115,22 +144,25 @@ class LayerAlignment:
 
     Attributes:
         layer_results: per layer, the research scripts' keys (``z_pre``, ``z_post_attn``,
-            ``z_post_mlp``, ``dz_attn``, ``dz_mlp``, ``z_attn_correction_alone``, ...) and
+            ``z_post_mlp``, ``dz_attn``, ``dz_mlp``, ``z_attn_correction_alone``, ...; Monte
+            Carlo z), their exact-null twins (``z_exact_pre``, ..., ``dz_exact_attn``, ...) and
             ``stats`` (every stage's full statistics).
         summary: totals of Δz and counts of attention/MLP dominated layers (the research
-            scripts' summary), plus the ``resid_pre + attn + mlp = resid_post`` check.
+            scripts' summary, Monte Carlo; ``total_dz_exact_attn``, ... for the exact-null z),
+            plus the ``resid_pre + attn + mlp = resid_post`` check.
     """
 
     layer_results: list[dict[str, Any]]
     summary: dict[str, Any]
 
     def table(self) -> str:
-        """The table as text: layer, z before/after attention/after MLP, Δz, exact z after the MLP."""
-        head = f"{'layer':>5} {'z_pre':>8} {'z_attn':>8} {'z_mlp':>8} {'dz_attn':>8} {'dz_mlp':>8} {'z_exact':>8}"
+        """The table as text: layer, exact-null z before/after attention/after MLP, Δz, Monte Carlo z after the MLP."""
+        head = (f"{'layer':>5} {'z_pre':>8} {'z_attn':>8} {'z_mlp':>8} {'dz_attn':>8} {'dz_mlp':>8} {'mc_z_mlp':>8}"
+                "   (exact-null z; mc: Monte Carlo)")
         lines = [head]
         for r in self.layer_results:
-            cells = [r["z_pre"], r["z_post_attn"], r["z_post_mlp"], r["dz_attn"], r["dz_mlp"],
-                     r["stats"]["post_mlp"]["z_exact"]]
+            cells = [r["z_exact_pre"], r["z_exact_post_attn"], r["z_exact_post_mlp"], r["dz_exact_attn"],
+                     r["dz_exact_mlp"], r["z_post_mlp"]]
             lines.append(f"{r['layer']:>5} " + " ".join("     n/a" if c is None else f"{c:8.2f}" for c in cells))
         return "\n".join(lines)
 

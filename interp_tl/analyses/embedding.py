@@ -53,12 +53,14 @@ def pca_block(
     pc = stats.principal_components(np.vstack([ua, ub]), min(components, 2 * len(ua), ua.shape[1]))
     pa, pb = pc.transform(ua), pc.transform(ub)
     pca_z: dict[str, float | None] = {}
+    pca_z_exact: dict[str, float | None] = {}
     reasons: dict[str, str] = {}
     for k in ks:
         if k <= pc.k:
-            pca_z[str(k)] = stats.matched_vs_scrambled_z(pa[:, :k], pb[:, :k], n_perms, perm_seed).z
+            z = stats.matched_vs_scrambled_z(pa[:, :k], pb[:, :k], n_perms, perm_seed)
+            pca_z[str(k)], pca_z_exact[str(k)] = z.as_dict()["z"], z.as_dict()["z_exact"]
         elif k <= components:
-            pca_z[str(k)] = None
+            pca_z[str(k)] = pca_z_exact[str(k)] = None
             reasons[str(k)] = f"only {pc.k} components above numerical rank"
     if pc.k:
         d = stats.cohens_d_summary(pa[:, 0], pb[:, 0])
@@ -70,6 +72,7 @@ def pca_block(
         "cohen_d_pc0": d["d"],
         "cohen_d_pc0_reason": d["reason"],
         "pca_k_z": pca_z,
+        "pca_k_z_exact": pca_z_exact,
         "pca_k_z_reasons": reasons,
         "pc0_a": pa[:, 0] if pc.k else np.zeros(0), "pc0_b": pb[:, 0] if pc.k else np.zeros(0),
     }
@@ -81,30 +84,43 @@ def _delta(z_l0: float | None, z: float | None, reasons: Sequence[str | None]) -
     return z_l0 - z, None
 
 
+def _z_fields(variants: Mapping[str, Any], l0_stats: Mapping[str, Any], z: str) -> dict[str, Any]:
+    """The research script's z keys (``z`` = "z", Monte Carlo) or their exact-null twins (``z`` = "z_exact")."""
+    raw = variants["embed"]
+    delta = "delta" if z == "z" else "delta_exact"
+    out: dict[str, Any] = {
+        f"{z}_raw_embed_last_token": raw["last_token"][z],
+        f"{z}_raw_embed_mean_no_bos": raw["mean_no_bos"][z],
+        f"{z}_l0_output_last_token": l0_stats[z],
+    }
+    out[f"{delta}_l0_minus_embed"], out[f"{delta}_l0_minus_embed_reason"] = _delta(
+        l0_stats[z], raw["last_token"][z], [raw["last_token"].get("degenerate"), l0_stats.get("degenerate")])
+    if "embed_pos" in variants:
+        pos = variants["embed_pos"]
+        out[f"{z}_embed_pos_last_token"] = pos["last_token"][z]
+        out[f"{z}_embed_pos_mean_no_bos"] = pos["mean_no_bos"][z]
+        out[f"{delta}_l0_minus_embed_pos"], out[f"{delta}_l0_minus_embed_pos_reason"] = _delta(
+            l0_stats[z], pos["last_token"][z], [pos["last_token"].get("degenerate"), l0_stats.get("degenerate")])
+    return out
+
+
 def _seed_fields(variants: Mapping[str, Any], l0_stats: Mapping[str, Any], l0_norm: float) -> dict[str, Any]:
     raw = variants["embed"]
-    z_embed, z_l0 = raw["last_token"]["z"], l0_stats["z"]
-    delta, why = _delta(z_l0, z_embed, [raw["last_token"].get("degenerate"), l0_stats.get("degenerate")])
-    out = {
-        "z_raw_embed_last_token": z_embed,
-        "z_raw_embed_mean_no_bos": raw["mean_no_bos"]["z"],
-        "z_l0_output_last_token": z_l0,
-        "delta_l0_minus_embed": delta,
-        "delta_l0_minus_embed_reason": why,
+    seed = _z_fields(variants, l0_stats, "z")
+    out = {key: seed[key] for key in ("z_raw_embed_last_token", "z_raw_embed_mean_no_bos", "z_l0_output_last_token",
+                                      "delta_l0_minus_embed", "delta_l0_minus_embed_reason")}
+    out.update({
         "embedding_pca_varexp": raw["pca"]["varexp"],
         "embedding_cohen_d_pc0": raw["pca"]["cohen_d_pc0"],
         "embedding_cohen_d_pc0_reason": raw["pca"]["cohen_d_pc0_reason"],
         "embedding_pca_k_z": raw["pca"]["pca_k_z"],
         "norm_embed_last_token": raw["norm_last_token"],
         "norm_l0_output_last_token": l0_norm,
-    }
+    })
     out["norm_ratio_l0_over_embed"] = out["norm_l0_output_last_token"] / out["norm_embed_last_token"]
-    if "embed_pos" in variants:
-        pos = variants["embed_pos"]
-        out["z_embed_pos_last_token"] = pos["last_token"]["z"]
-        out["z_embed_pos_mean_no_bos"] = pos["mean_no_bos"]["z"]
-        out["delta_l0_minus_embed_pos"], out["delta_l0_minus_embed_pos_reason"] = _delta(
-            z_l0, pos["last_token"]["z"], [pos["last_token"].get("degenerate"), l0_stats.get("degenerate")])
+    out.update({key: value for key, value in seed.items() if key not in out})
+    out.update(_z_fields(variants, l0_stats, "z_exact"))
+    out["embedding_pca_k_z_exact"] = raw["pca"]["pca_k_z_exact"]
     return out
 
 
@@ -137,7 +153,9 @@ def embedding_alignment(
     Returns:
         The research script's keys (``z_raw_embed_last_token``, ``z_raw_embed_mean_no_bos``,
         ``z_l0_output_last_token``, ``delta_l0_minus_embed``, ``embedding_pca_varexp``,
-        ``embedding_cohen_d_pc0``, ...) plus ``has_pos_embed``, ``l0_output_last_token`` (full
+        ``embedding_cohen_d_pc0``, ...; Monte Carlo z), their exact-null twins
+        (``z_exact_raw_embed_last_token``, ..., ``delta_exact_l0_minus_embed``,
+        ``embedding_pca_k_z_exact``; what the headline uses), plus ``has_pos_embed``, ``l0_output_last_token`` (full
         statistics), ``variants`` (full statistics of ``embed`` and ``embed_pos``),
         ``embed_pos_equals_resid_pre_max_abs_error`` and ``pc0_projections``.
     """

@@ -10,7 +10,11 @@ or :func:`pattern_gradients`):
 * straight-through ``g``,
 
 and the research script's numbers: ``r_diag = Σ||g_diag||² / Σ||g_S||²``, ``cos_diag`` and
-``cos_ste`` (cosine to ``g_S`` per sequence, averaged), mean row entropy; stratified by row entropy,
+``cos_ste`` (cosine to ``g_S`` per sequence, averaged), mean row entropy, and how peaked the rows
+are, ``mean_max_attention`` (mean over real query rows of the row's largest weight: 1 for one-hot
+rows, ``1/(q+1)`` for uniform ones). The research script's mean attention (the mean of ``A`` over
+the unmasked entries) is not reported: every row sums to 1, so it is (rows) / (unmasked entries)
+for every head, a property of the sequence lengths, not of the head. Stratified by row entropy,
 by the mass on the first position (the sink) and by query position. Causally masked entries and
 padding are excluded everywhere (the research script's ``cos_ste`` counted masked entries, where
 ``g`` is not zero).
@@ -41,7 +45,7 @@ from interp_tl.errors import BadInputError
 ENTROPY_BINS = (0.0, 0.5, 1.0, 2.0, np.inf)
 SINK_BINS = (0.0, 0.25, 0.5, 0.75, 1.0001)
 POSITION_BINS = (0, 4, 8, 16, 32, 64, 10**9)
-TABLES = ("r_diag", "cos_diag", "cos_ste", "mean_attention", "row_entropy")
+TABLES = ("r_diag", "cos_diag", "cos_ste", "mean_max_attention", "row_entropy")
 
 
 def softmax_backward(pattern: torch.Tensor, grad: torch.Tensor, kind: str = "full") -> torch.Tensor:
@@ -181,7 +185,7 @@ class JacobianStats:
         self.n_layers = n_layers
         self.full2, self.diag2 = np.zeros(shape), np.zeros(shape)
         self.cos_diag, self.cos_ste, self.seqs = np.zeros(shape), np.zeros(shape), 0
-        self.att_sum, self.att_n, self.ent_sum, self.rows = np.zeros(shape), np.zeros(shape), np.zeros(shape), 0
+        self.max_sum, self.ent_sum, self.rows = np.zeros(shape), np.zeros(shape), 0
         self.strata: dict[tuple[str, int, str], np.ndarray] = {}
 
     def add_cache(self, cache: ActivationCache, attention_mask: Int[torch.Tensor, "batch pos"]) -> None:
@@ -207,9 +211,8 @@ class JacobianStats:
         self.diag2[layer] += diag.pow(2).sum((0, 2, 3)).cpu().numpy()
         self.cos_diag[layer] += _seq_cos(diag, full).sum(0).cpu().numpy()
         self.cos_ste[layer] += _seq_cos(ste, full).sum(0).cpu().numpy()
-        self.att_sum[layer] += (a * valid).sum((0, 2, 3)).cpu().numpy()
-        self.att_n[layer] += valid.sum((0, 2, 3)).cpu().numpy()
         row_real = real[:, None, :].expand(a.shape[:3])
+        self.max_sum[layer] += (a.amax(-1) * row_real).sum((0, 2)).cpu().numpy()
         entropy = -(a * torch.log(a.clamp_min(1e-30))).sum(-1)
         self.ent_sum[layer] += (entropy * row_real).sum((0, 2)).cpu().numpy()
         if layer == 0:
@@ -235,7 +238,7 @@ class JacobianStats:
                         float((norms["ste"] * sel).sum()), float(sel.sum())]
 
     def result(self) -> dict[str, Any]:
-        """``r_diag``, ``cos_diag``, ``cos_ste``, ``row_entropy`` as ``[layer][head]`` tables, and ``strata``."""
+        """The :data:`TABLES` as ``[layer][head]`` lists, and ``strata``."""
         strata: dict[str, Any] = {}
         for (name, layer, label), (dd, ds, nf, nd, ns, rows) in sorted(self.strata.items()):
             strata.setdefault(name, {}).setdefault(str(layer), {})[label] = {
@@ -247,7 +250,7 @@ class JacobianStats:
             "r_diag": (self.diag2 / np.where(self.full2 > 0, self.full2, np.nan)).tolist(),
             "cos_diag": (self.cos_diag / self.seqs).tolist(),
             "cos_ste": (self.cos_ste / self.seqs).tolist(),
-            "mean_attention": (self.att_sum / self.att_n).tolist(),
+            "mean_max_attention": (self.max_sum / self.rows).tolist(),
             "row_entropy": (self.ent_sum / self.rows).tolist(),
             "strata": strata,
         }

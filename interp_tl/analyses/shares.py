@@ -13,9 +13,15 @@ norm) and sharing each cross term half-half between its two writers gives
 ``share(c) = ½ [T(u^c, v) + T(u, v^c)]``, which sums to T exactly (tested). The research scripts'
 Δz per sublayer does not add up; these shares do.
 
-Each share's **permutation band** is the same share under random pairings (the pairs' order in one
-language permuted): its 2.5–97.5% range and the share's z against it. It is a null band (what
-the share looks like when nothing is paired), not an interval for the share. Everything is linear
+Each share's **null band** is the same share under random pairings (the pairs' order in one
+language permuted): its 2.5–97.5% range and the share's Monte Carlo z against it (sd ddof=0, as
+every Monte Carlo z in interp_tl). It is a null band (what the share looks like when nothing is
+paired), not an interval for the share. Under a random pairing π a share is the linear
+permutation statistic ``mean_i A^c[i, π(i)]`` with ``A^c_ij = ½ (u^c_i·v_j + u_i·v^c_j)``, so it
+also has an exact null (Hoeffding's mean and sd over all n! pairings, as
+:func:`interp_tl.stats.exact_null`): ``z_exact = share / sd_exact`` (the exact null mean is what
+the share subtracts). ``z_exact`` is deterministic and unchanged when the languages are swapped;
+rankings and headlines use it. Everything is linear
 in the number of pairs: ``mean_ij u^c_i·v_j = ū^c·v̄``, and a pairing π needs only
 ``mean_i u^c_i·v_π(i)`` (one gather and one matrix product per chunk of permutations).
 """
@@ -128,11 +134,32 @@ def _pairing_means(x: np.ndarray, y: np.ndarray, perms: np.ndarray) -> np.ndarra
     return out
 
 
+def exact_share_z(
+    uc: Float[np.ndarray, "writer n d"], v: Float[np.ndarray, "n d"], u: Float[np.ndarray, "n d"],
+    vc: Float[np.ndarray, "writer n d"], shares: Float[np.ndarray, " writer"],
+) -> Float[np.ndarray, " writer"]:
+    """Each share against its exact permutation null: ``share / sd_exact(A^c)``, NaN where ``A^c`` has no spread.
+
+    ``A^c = ½ (u^c vᵀ + u v^cᵀ)`` is the ``[n, n]`` matrix whose pairing means are the share
+    plus its null mean; its exact null comes from :func:`interp_tl.stats.exact_null`.
+    """
+    n = u.shape[0]
+    chunk = max(1, _GATHER_BUDGET // (n * n))
+    out = np.full(len(shares), np.nan)
+    for start in range(0, len(shares), chunk):
+        block = 0.5 * (np.einsum("cnd,md->cnm", uc[start:start + chunk], v)
+                       + np.einsum("nd,cmd->cnm", u, vc[start:start + chunk]))
+        for j, A in enumerate(block):
+            if stats.similarity_spread_reason(A) is None:
+                out[start + j] = shares[start + j] / stats.exact_null(A)[1]
+    return out
+
+
 def split_gap(
     parts_a: Float[np.ndarray, "writer n d"], parts_b: Float[np.ndarray, "writer n d"], *, n_perms: int = 200,
     seed: int = 42,
 ) -> dict[str, Any]:
-    """Split ``T = mean_i u_i·v_i − mean_ij u_i·v_j`` over writers, with a permutation band per share.
+    """Split ``T = mean_i u_i·v_i − mean_ij u_i·v_j`` over writers, with a null band and two z's per share.
 
     Args:
         parts_a: ``[writer, n, d]`` writers of language a's residuals (they sum to the residual).
@@ -142,7 +169,9 @@ def split_gap(
 
     Returns:
         ``total`` (T), ``shares`` ``[writer]`` (sum to T), ``band`` ``[writer, 2]`` (2.5 and
-        97.5 percentiles under random pairings) and ``z`` ``[writer]`` against those pairings.
+        97.5 percentiles under random pairings), ``z`` ``[writer]`` against those pairings
+        (Monte Carlo, sd ddof=0) and ``z_exact`` ``[writer]`` against all pairings
+        (:func:`exact_share_z`).
 
     Raises:
         BadInputError: shapes differ, or a residual has zero norm.
@@ -163,10 +192,11 @@ def split_gap(
     inverse = np.argsort(perms, axis=1)
     # mean_i u_i·v^c_perm(i) = mean_j u_inverse(j)·v^c_j
     scrambled = 0.5 * (_pairing_means(uc, v, perms) + _pairing_means(vc, u, inverse)) - null_mean[:, None]
-    sd = scrambled.std(1, ddof=1)
+    sd = scrambled.std(1)
     total = float(np.einsum("nd,nd->", u, v) / n - u.mean(0) @ v.mean(0))
     return {"total": total, "shares": shares, "band": np.percentile(scrambled, [2.5, 97.5], axis=1).T,
-            "z": np.where(sd > 0, (shares - scrambled.mean(1)) / np.where(sd > 0, sd, 1), np.nan)}
+            "z": np.where(sd > 0, (shares - scrambled.mean(1)) / np.where(sd > 0, sd, 1), np.nan),
+            "z_exact": exact_share_z(uc, v, u, vc, shares)}
 
 
 @dataclass(frozen=True)
@@ -179,8 +209,9 @@ class WriterShares:
         total: the gap T.
         shares: ``[writer]``, summing to ``total``.
         band: ``[writer, 2]``, the null band of each share under random pairings.
-        z: ``[writer]``, each share against its null band.
+        z: ``[writer]``, each share's Monte Carlo z against its random pairings (sd ddof=0).
         sum_error: largest ``|sum of writers − resid_post|`` over prompts and both languages.
+        z_exact: ``[writer]``, each share against its exact permutation null (NaN without spread).
     """
 
     layer: int
@@ -190,6 +221,7 @@ class WriterShares:
     band: Float[np.ndarray, "writer 2"]
     z: Float[np.ndarray, " writer"]
     sum_error: float
+    z_exact: Float[np.ndarray, " writer"]
 
     def head_grid(self, n_heads: int) -> Float[np.ndarray, "layer_plus_1 n_heads"]:
         """The heads' shares as ``[layer + 1, n_heads]`` (NaN where a head has no share)."""
@@ -201,12 +233,14 @@ class WriterShares:
         return grid
 
     def table(self, top: int = 10) -> str:
-        """The ``top`` writers by share, as text: label, share, null band, z."""
+        """The ``top`` writers by share, as text: label, share, null band, exact-null z, Monte Carlo z."""
         order = np.argsort(-self.shares, kind="stable")[:top]
-        lines = [f"layer {self.layer}: gap {self.total:.5f}", f"{'writer':>12} {'share':>9} {'null band':>21} {'z':>7}"]
+        lines = [f"layer {self.layer}: gap {self.total:.5f}",
+                 f"{'writer':>12} {'share':>9} {'null band':>21} {'z_exact':>7} {'mc z':>7}"]
         for i in order:
             lo, hi = self.band[i]
-            lines.append(f"{self.labels[i]:>12} {self.shares[i]:9.5f} [{lo:9.5f}, {hi:9.5f}] {self.z[i]:7.1f}")
+            lines.append(f"{self.labels[i]:>12} {self.shares[i]:9.5f} [{lo:9.5f}, {hi:9.5f}] {self.z_exact[i]:7.1f} "
+                         f"{self.z[i]:7.1f}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -237,4 +271,5 @@ def writer_shares(
     assert labels == labels_b
     sum_error = float(max(np.abs(parts_a.sum(0) - resid_a).max(), np.abs(parts_b.sum(0) - resid_b).max()))
     split = split_gap(parts_a, parts_b, n_perms=n_perms, seed=perm_seed)
-    return WriterShares(layer, labels, split["total"], split["shares"], split["band"], split["z"], sum_error)
+    return WriterShares(layer, labels, split["total"], split["shares"], split["band"], split["z"], sum_error,
+                        split["z_exact"])

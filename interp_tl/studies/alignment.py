@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from interp_tl import stats
 from interp_tl.analyses import alignment as align
 from interp_tl.analyses import shares as writer
 from interp_tl.batching import ParallelPrompts, parallel_prompts
@@ -84,6 +85,7 @@ def analyse(model, config: AlignmentConfig, prompts: ParallelPrompts, caches: di
         "hidden_size": model.cfg.d_model,
         "languages": list(prompts.langs),
         "methodology": METHODOLOGY,
+        "z_statistics": dict(stats.Z_STATISTICS),
         "layer_results": table.layer_results,
         "summary": table.summary,
     }
@@ -107,7 +109,9 @@ def run_alignment(model, config: AlignmentConfig = AlignmentConfig(), progress: 
     Returns:
         A :class:`StudyResult` whose ``data`` has the research scripts' keys (``model``,
         ``n_problems``, ``n_layers``, ``hidden_size``, ``methodology``, ``layer_results``,
-        ``summary``) plus ``languages`` and ``head_shares``.
+        ``summary``; their z keys hold the Monte Carlo z) with the exact-null twins
+        (``z_exact_post_mlp``, ``dz_exact_attn``, ``total_dz_exact_attn``, ...), plus
+        ``languages``, ``z_statistics`` (what the two z's are) and ``head_shares``.
 
     Pitfall: on LayerNorm models with TransformerLens' default processing every residual hook
     is mean-centred, so z differs from the raw model's; load with ``processing="none"`` to
@@ -118,7 +122,7 @@ def run_alignment(model, config: AlignmentConfig = AlignmentConfig(), progress: 
 
 
 def plot(result: StudyResult):
-    """Alignment z per layer before/after attention/after MLP (left), Δz of attention vs MLP (middle), head shares."""
+    """Exact-null z per layer before/after attention/after MLP (left), Δz of attention vs MLP (middle), head shares."""
     from matplotlib.ticker import MaxNLocator
 
     rows = result.data["layer_results"]
@@ -135,16 +139,16 @@ def plot(result: StudyResult):
                            signed=True, label="share of the gap")
     else:
         left, right = fig.subplots(1, 2)
-    for key, label in (("z_pre", "resid_pre"), ("z_post_attn", "+ attn"), ("z_post_mlp", "+ mlp")):
+    for key, label in (("z_exact_pre", "resid_pre"), ("z_exact_post_attn", "+ attn"), ("z_exact_post_mlp", "+ mlp")):
         left.plot(layers, value(key), marker="o", ms=3, label=label)
     left.axhline(0, color="grey", lw=0.5)
-    left.set(xlabel="layer", ylabel="matched-vs-scrambled z", title="alignment of the residual")
+    left.set(xlabel="layer", ylabel="matched-vs-scrambled z (exact null)", title="alignment of the residual")
     left.legend()
     width = 0.4
-    right.bar(layers - width / 2, value("dz_attn"), width, label="Δz attention")
-    right.bar(layers + width / 2, value("dz_mlp"), width, label="Δz MLP")
+    right.bar(layers - width / 2, value("dz_exact_attn"), width, label="Δz attention")
+    right.bar(layers + width / 2, value("dz_exact_mlp"), width, label="Δz MLP")
     right.axhline(0, color="grey", lw=0.5)
-    right.set(xlabel="layer", ylabel="Δz", title="Δz per sublayer (not additive)")
+    right.set(xlabel="layer", ylabel="Δz (exact null)", title="Δz per sublayer (not additive)")
     right.legend()
     for ax in (left, right):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -152,14 +156,19 @@ def plot(result: StudyResult):
     return fig
 
 
+def _num(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 def headline(result: StudyResult) -> str:
-    """The layer where the residual after the MLP aligns most, and the Δz totals."""
+    """The layer where the residual after the MLP aligns most, and the Δz totals (exact-null z only: order-free)."""
     data = result.data
-    zs = [r["z_post_mlp"] for r in data["layer_results"]]
+    rows = data["layer_results"]
+    zs = [r["z_exact_post_mlp"] for r in rows]
     best = max(range(len(zs)), key=lambda i: -np.inf if zs[i] is None else zs[i])
     s = data["summary"]
-    return (f"max z_post_mlp {zs[best]:.2f} at layer {data['layer_results'][best]['layer']}; "
-            f"total dz attn {s['total_dz_attn']:+.2f}, mlp {s['total_dz_mlp']:+.2f}")
+    return (f"max z_exact_post_mlp {_num(zs[best], '.2f')} at layer {rows[best]['layer']}; total dz_exact attn "
+            f"{_num(s['total_dz_exact_attn'], '+.2f')}, mlp {_num(s['total_dz_exact_mlp'], '+.2f')}")
 
 
 STUDY = Study(

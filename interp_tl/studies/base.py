@@ -76,7 +76,7 @@ class NullSettings:
     """The permutation null and the bootstrap of the matched-vs-scrambled statistics.
 
     Attributes:
-        n_perms: permutations of the Monte Carlo null (the research scripts' z).
+        n_perms: permutations of the Monte Carlo null (the research scripts' z; headlines use the exact null).
         perm_seed: RandomState seed of the permutations (42 as the research scripts).
         n_boot: bootstrap resamples over pairs for the intervals (0: none).
     """
@@ -86,7 +86,7 @@ class NullSettings:
     n_boot: int = 200
 
     def __post_init__(self) -> None:
-        check_int(self.n_perms, "n_perms", 1)
+        check_int(self.n_perms, "n_perms", 2)  # one permutation has no spread: its z is undefined
         check_int(self.perm_seed, "perm_seed", 0)
         check_int(self.n_boot, "n_boot", 0)
         _chain_post_init(self, NullSettings)

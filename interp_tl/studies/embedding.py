@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from interp_tl import stats
 from interp_tl.analyses import embedding as emb
 from interp_tl.batching import ParallelPrompts, Tokenized, parallel_prompts
 from interp_tl.cache import extract, split_languages
@@ -182,6 +183,7 @@ def analyse(model, config: EmbeddingConfig, prompts: ParallelPrompts, caches: di
     data = {k: out[k] for k in seed_keys}
     data.update({
         "languages": list(prompts.langs),
+        "z_statistics": dict(stats.Z_STATISTICS),
         "has_pos_embed": out["has_pos_embed"],
         "l0_output_last_token": out["l0_output_last_token"],
         "embed_pos_equals_resid_pre_max_abs_error": out["embed_pos_equals_resid_pre_max_abs_error"],
@@ -200,7 +202,8 @@ def run_embedding(model, config: EmbeddingConfig = EmbeddingConfig(), progress: 
     Returns:
         A :class:`StudyResult` whose ``data`` has the research script's keys
         (``z_raw_embed_last_token``, ``z_raw_embed_mean_no_bos``, ``z_l0_output_last_token``,
-        ``delta_l0_minus_embed``, ``embedding_pca_varexp``, ``embedding_cohen_d_pc0``) and, in
+        ``delta_l0_minus_embed``, ``embedding_pca_varexp``, ``embedding_cohen_d_pc0``; Monte
+        Carlo z), their exact-null twins (``z_exact_...``, ``delta_exact_...``) and, in
         ``variants``, the full statistics of ``embed`` and (GPT-2 style models) ``embed_pos`` =
         embed + pos_embed. The research script's ``z_l0_cached`` (a re-read of another script's
         file) is not reproduced.
@@ -214,20 +217,21 @@ def run_embedding(model, config: EmbeddingConfig = EmbeddingConfig(), progress: 
 
 
 def plot(result: StudyResult):
-    """Alignment z of embedding variants vs layer 0 (left), PCA scree (middle), PC0 by language (right)."""
+    """Exact-null z of embedding variants vs layer 0 (left), PCA scree (middle), PC0 by language (right)."""
     data = result.data
-    bars = [("embed\nlast", data["z_raw_embed_last_token"]), ("embed\nmean", data["z_raw_embed_mean_no_bos"])]
+    bars = [("embed\nlast", data["z_exact_raw_embed_last_token"]),
+            ("embed\nmean", data["z_exact_raw_embed_mean_no_bos"])]
     if data.get("has_pos_embed"):
-        bars += [("embed+pos\nlast", data["z_embed_pos_last_token"]),
-                 ("embed+pos\nmean", data["z_embed_pos_mean_no_bos"])]
-    bars.append(("L0 out\nlast", data["z_l0_output_last_token"]))
+        bars += [("embed+pos\nlast", data["z_exact_embed_pos_last_token"]),
+                 ("embed+pos\nmean", data["z_exact_embed_pos_mean_no_bos"])]
+    bars.append(("L0 out\nlast", data["z_exact_l0_output_last_token"]))
     langs = data.get("languages", ["a", "b"])
     fig = figure((13, 4))
     ax_z, ax_pca, ax_pc0 = fig.subplots(1, 3)
     ax_z.bar(range(len(bars)), [np.nan if v is None else v for _, v in bars], color="tab:blue")
     ax_z.set_xticks(range(len(bars)), [b for b, _ in bars], fontsize=7)
     ax_z.axhline(0, color="grey", lw=0.5)
-    ax_z.set(ylabel="matched-vs-scrambled z", title="embedding vs layer 0")
+    ax_z.set(ylabel="matched-vs-scrambled z (exact null)", title="embedding vs layer 0")
     varexp = data["embedding_pca_varexp"]
     ax_pca.bar(range(len(varexp)), varexp)
     ax_pca.set(xlabel="PC", ylabel="variance explained", title="PCA of unit last-token embeddings")
@@ -242,11 +246,12 @@ def plot(result: StudyResult):
 
 
 def headline(result: StudyResult) -> str:
-    """Alignment z of the raw last-token embedding against layer 0's output."""
+    """Exact-null z of the raw last-token embedding against layer 0's output, and their difference."""
     data = result.data
     shown = [f"{v:.2f}" if v is not None else "n/a"
-             for v in (data["z_raw_embed_last_token"], data["z_l0_output_last_token"])]
-    return f"z embed (last) {shown[0]}; z layer-0 output (last) {shown[1]}"
+             for v in (data["z_exact_raw_embed_last_token"], data["z_exact_l0_output_last_token"],
+                       data["delta_exact_l0_minus_embed"])]
+    return f"z_exact embed (last) {shown[0]}; layer-0 output (last) {shown[1]}; delta {shown[2]}"
 
 
 STUDY = Study(

@@ -3,11 +3,13 @@
 **Split.** :func:`interp_tl.analyses.shares.writer_shares` splits the alignment gap of the last-token
 residual after a layer over TransformerLens' decomposition (every head, every MLP, the embeddings,
 the attention biases); the shares add up to the gap exactly, and each has a null band from random
-pairings.
+pairings (``band``: what the share looks like when nothing is paired, not an interval for the
+share), a Monte Carlo z against those pairings (``z``) and an exact-null z (``z_exact``).
 
 **Causal check.** Ablating a head (``zero`` or ``mean``: its ``hook_z`` replaced by zeros or by its
 mean over all real positions of the prompts) and reporting the change of the alignment z at every
-layer from the head's on.
+layer from the head's on: ``delta_z_exact`` (exact-null z, deterministic) beside ``delta_z``
+(Monte Carlo z: its differences carry permutation noise of a few tenths).
 
 **One head** (:func:`head_report`, ``interp-tl head L.H``): its share, its ablation, where its last
 token looks by token class, its attention-Jacobian numbers and its nearest heads in the adjacent
@@ -30,7 +32,7 @@ from interp_tl.cache import extract, split_languages
 from interp_tl.errors import BadInputError, LayerRangeError
 from interp_tl.figures import figure, layer_head_heatmap
 from interp_tl.gauge import head_invariants
-from interp_tl.results import StudyResult
+from interp_tl.results import StudyResult, finite_or_none
 from interp_tl.studies.base import PromptSettings, Study, check_int, study_provenance
 
 Ablation = Literal["zero", "mean"]
@@ -108,10 +110,14 @@ def _ablation_hook(kind: Ablation, head: int, mean: np.ndarray | None):
 
 
 def head_mean_z(model, prompts: ParallelPrompts, layer: int, head: int, batch_size: int) -> np.ndarray:
-    """Mean ``hook_z`` of one head over every real position of the prompts in all their languages."""
+    """Mean ``hook_z`` of one head over every real position of the prompts in all their languages.
+
+    Summed in sorted language order, so the mean (and every ablation result) does not depend on
+    the order the languages are given in.
+    """
     name = f"blocks.{layer}.attn.hook_z"
     rows = []
-    for lang in prompts.langs:
+    for lang in sorted(prompts.langs):
         tokens = prompts.tokens[lang]
         z = extract(model, tokens, [name], batch_size, reduce="all")[name]
         width = z.shape[1]
@@ -120,8 +126,15 @@ def head_mean_z(model, prompts: ParallelPrompts, layer: int, head: int, batch_si
 
 
 def ablation_effect(model, prompts: ParallelPrompts, layer: int, head: int, kind: Ablation = "mean",
-                    batch_size: int = 32, n_perms: int = 200) -> dict[str, Any]:
-    """Alignment z (resid_post, last token) at layers ``layer..`` with and without the head ablated."""
+                    batch_size: int = 32, n_perms: int = 200, perm_seed: int = 42) -> dict[str, Any]:
+    """Alignment z (resid_post, last token) at layers ``layer..`` with and without the head ablated.
+
+    Returns:
+        ``layers``, ``ablation``; the exact-null z intact and ablated and their difference
+        (``intact_exact``, ``ablated_exact``, ``delta_z_exact``: deterministic, what headlines and
+        rankings use); and the same with the Monte Carlo z (``intact``, ``ablated``, ``delta_z``;
+        ``n_perms`` pairings of ``RandomState(perm_seed)``), whose differences carry its sampling error.
+    """
     if kind not in ("zero", "mean"):
         raise BadInputError(f"unknown ablation {kind!r}: zero or mean")
     if not 0 <= head < model.cfg.n_heads:
@@ -130,13 +143,19 @@ def ablation_effect(model, prompts: ParallelPrompts, layer: int, head: int, kind
     names = [f"blocks.{i}.hook_resid_post" for i in range(layer, model.cfg.n_layers)]
     ablate = [(f"blocks.{layer}.attn.hook_z", _ablation_hook(kind, head, mean))]
     a, b = prompts.langs[:2]
-    out = {}
+    out: dict[str, list[float | None]] = {}
     for label, extra in (("intact", ()), ("ablated", ablate)):
         caches = {lang: extract(model, prompts.tokens[lang], names, batch_size, fwd_hooks=extra) for lang in (a, b)}
-        out[label] = [float(stats.matched_vs_scrambled_z(caches[a][n][:, 0].numpy(), caches[b][n][:, 0].numpy(),
-                                                         n_perms=n_perms).z) for n in names]
+        zs = [stats.matched_vs_scrambled_z(caches[a][n][:, 0].numpy(), caches[b][n][:, 0].numpy(), n_perms=n_perms,
+                                           seed=perm_seed) for n in names]
+        out[label] = [finite_or_none(z.z) for z in zs]
+        out[f"{label}_exact"] = [finite_or_none(z.z_exact) for z in zs]
+
+    def delta(key: str) -> list[float | None]:
+        return [None if x is None or y is None else x - y for x, y in zip(out[f"ablated{key}"], out[f"intact{key}"])]
+
     return {"layers": list(range(layer, model.cfg.n_layers)), "ablation": kind, **out,
-            "delta_z": [x - y for x, y in zip(out["ablated"], out["intact"])]}
+            "delta_z": delta(""), "delta_z_exact": delta("_exact")}
 
 
 def analyse(model, config: HeadsConfig, prompts: ParallelPrompts, caches: dict, progress: bool = False
@@ -149,11 +168,13 @@ def analyse(model, config: HeadsConfig, prompts: ParallelPrompts, caches: dict, 
     for i in top:
         layer, head = writer.head_of(shares.labels[i])
         ablations[shares.labels[i]] = ablation_effect(model, prompts, layer, head, config.ablation, config.batch_size,
-                                                      config.n_perms)
+                                                      config.n_perms, config.perm_seed)
     data = {
         "layer": shares.layer, "languages": list(prompts.langs), "total": shares.total,
-        "writers": [{"name": n, "share": float(s), "band": [float(x) for x in band], "z": float(z)}
-                    for n, s, band, z in zip(shares.labels, shares.shares, shares.band, shares.z)],
+        "z_statistics": dict(stats.Z_STATISTICS),
+        "writers": [{"name": n, "share": float(s), "band": [float(x) for x in band], "z_exact": finite_or_none(ze),
+                     "z": finite_or_none(z)}
+                    for n, s, band, ze, z in zip(shares.labels, shares.shares, shares.band, shares.z_exact, shares.z)],
         "head_shares": shares.head_grid(model.cfg.n_heads).tolist(),
         "shares_sum_error": float(abs(shares.shares.sum() - shares.total)),
         "writers_sum_max_abs_error": shares.sum_error,
@@ -258,17 +279,18 @@ def head_report(model, head: str, config: HeadsConfig = HeadsConfig()) -> dict[s
     if label in shares.labels:
         i = shares.labels.index(label)
         share = {"layer_of_residual": shares.layer, "share": float(shares.shares[i]), "total": shares.total,
-                 "band": [float(x) for x in shares.band[i]], "z": float(shares.z[i])}
-    report = {"head": label, "share": share,
+                 "band": [float(x) for x in shares.band[i]], "z_exact": finite_or_none(shares.z_exact[i]),
+                 "z": finite_or_none(shares.z[i])}
+    report = {"head": label, "share": share, "z_statistics": dict(stats.Z_STATISTICS),
               "ablation": ablation_effect(model, prompts, layer, h, config.ablation, config.batch_size,
-                                          config.n_perms),
+                                          config.n_perms, config.perm_seed),
               "attention": attention_stats(model, prompts, layer, h, config.batch_size)}
     from interp_tl.prompts import generate_problems
 
     problems = generate_problems(20, config.seed, prompts.langs)
     texts = [p.prompts[lang] + f" {p.answer}" for p in problems for lang in prompts.langs]
     jac = jacobian_statistics(model, tokenize(model, texts, config.prepend_bos), weight_gradients=False)
-    report["jacobian"] = {k: jac[k][layer][h] for k in ("r_diag", "cos_diag", "cos_ste", "mean_attention",
+    report["jacobian"] = {k: jac[k][layer][h] for k in ("r_diag", "cos_diag", "cos_ste", "mean_max_attention",
                                                         "row_entropy")}
     report["neighbours"] = {}
     for other in (layer - 1, layer + 1):
@@ -318,12 +340,18 @@ def plot(result: StudyResult):
 
 
 def headline(result: StudyResult) -> str:
-    """The gap and the head with the largest share."""
+    """The gap, the head with the largest share (exact-null z) and its ablation at the split layer (exact-null Δz)."""
     data = result.data
     heads = [w for w in data["writers"] if writer.head_of(w["name"]) is not None]
     best = max(heads, key=lambda w: w["share"])
-    return (f"alignment gap {data['total']:.4f} at layer {data['layer']}; top head {best['name']} "
-            f"share {best['share']:.4f} (z {best['z']:.1f})")
+    z = "n/a" if best["z_exact"] is None else f"{best['z_exact']:.1f}"
+    text = (f"alignment gap {data['total']:.4f} at layer {data['layer']}; top head {best['name']} "
+            f"share {best['share']:.4f} (z_exact {z})")
+    ablation = data["ablations"].get(best["name"])
+    if ablation and ablation["delta_z_exact"][-1] is not None:
+        text += (f"; {ablation['ablation']}-ablated: dz_exact {ablation['delta_z_exact'][-1]:+.2f} "
+                 f"at layer {data['layer']}")
+    return text
 
 
 STUDY = Study(

@@ -80,7 +80,7 @@ def run_jacobian(model, config: JacobianConfig = JacobianConfig(), progress: boo
 
     Returns:
         A :class:`StudyResult` with ``layers`` ``[n_layers][n_heads]`` tables (``r_diag``,
-        ``cos_diag``, ``cos_ste``, ``mean_attention``, ``row_entropy``), ``strata`` (entropy,
+        ``cos_diag``, ``cos_ste``, ``mean_max_attention``, ``row_entropy``), ``strata`` (entropy,
         sink mass, query position: pooled cosines per layer and bin) and ``weight_gradient_cos``
         (per layer, cosine of the W_Q/W_K gradient under ``diag`` / ``ste`` to the true one).
 

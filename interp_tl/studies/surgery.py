@@ -7,16 +7,23 @@ Port of the research script ``expAG_kernel_surgery.py`` onto hook points and
    ``n_pairs`` problems in every language of ``langs`` (a cache), centred per problem across
    languages, SVD, top-k axes (:func:`interp_tl.analyses.subspace.language_subspace`). Fitted on
    the model that is edited, so the axes are in its residual basis (raw, or centred under
-   ``center_writing_weights``).
+   ``center_writing_weights``). Drawn problems that the study also evaluates (generation test
+   set or loss set; same template and numbers) are replaced by fresh draws of their category,
+   so the fit is disjoint from every evaluated problem (``fit_set``).
 2. **Edit**: ``W_out <- W_out @ (I - alpha U U^T)``, ``b_out`` likewise, inside a context manager
    that restores the weights bit-exactly (:func:`interp_tl.edits.projected_mlp_writes`).
 3. **Evaluation** (:func:`interp_tl.generation.evaluate_generation`): greedy generation on the
    seed's test set (first ``eval_per_category`` problems of each category) in every language:
    accuracy (answer among the generated numbers, as the seed), first-answer position, output
-   language (:mod:`interp_tl.langid`); for the baseline, the surgery and a **random subspace of
-   the same rank** per layer (control); exact McNemar tests of baseline vs surgery and vs control
-   per language; a **dose-response sweep** over k and alpha (language and random subspaces);
-   teacher-forced next-token loss on held-out problems (``loss_seed``) before and after.
+   language (:mod:`interp_tl.langid`); for the baseline, the surgery and two controls per layer:
+   a **random subspace of the same rank** (uniformly random directions) and an **energy-matched**
+   one (random directions tilted towards the MLP write's own variance until they remove the same
+   fraction of its energy as the language axes at the fit positions,
+   :func:`interp_tl.edits.energy_matched_basis`); exact McNemar tests per language and, pooled
+   over languages, an exact stratified McNemar test and an exact sign-flip test by problem
+   (:func:`interp_tl.stats.paired_binary_tests`); a **dose-response sweep** over k and alpha
+   (language, random and energy-matched subspaces); teacher-forced next-token loss on held-out
+   problems (``loss_seed``) before and after.
 
 Default layers: the seed edited L9-L26 of Qwen2.5-3B's 36 layers; other models get the same
 fraction of depth, ``round(9/36 n)`` to ``round(27/36 n) - 1``.
@@ -27,21 +34,37 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import binomtest
 from transformer_lens import ActivationCache
 
-from interp_tl.analyses.subspace import language_subspace
-from interp_tl.batching import ParallelPrompts, parallel_prompts
+from interp_tl import stats
+from interp_tl.analyses.subspace import language_subspace, stacked
+from interp_tl.batching import ParallelPrompts, tokenize
 from interp_tl.cache import check_layers, extract, split_languages
-from interp_tl.edits import Basis, projected_mlp_writes, residual_basis
+from interp_tl.edits import (
+    MATCH_RTOL,
+    Basis,
+    MatchedBasis,
+    energy_matched_basis,
+    projected_mlp_writes,
+    removed_energy,
+    residual_basis,
+)
 from interp_tl.errors import BadInputError
 from interp_tl.figures import figure
 from interp_tl.generation import evaluate_generation, next_token_loss
-from interp_tl.prompts import generate_problems, seed_test_problems
+from interp_tl.prompts import (
+    Problem,
+    generate_problems,
+    generate_problems_excluding,
+    overlap_count,
+    problem_set_id,
+    seed_test_problems,
+)
 from interp_tl.results import StudyResult
 from interp_tl.studies.base import PromptSettings, Study, all_languages, check_int, study_provenance
 
@@ -54,7 +77,7 @@ class SurgeryConfig(PromptSettings):
     """Settings of the kernel-surgery study.
 
     Attributes:
-        n_pairs: problems per language the language subspace is fitted on.
+        n_pairs: problems per language the language subspace is fitted on (evaluated ones replaced by fresh draws).
         langs: languages of the fit and of the evaluation (default all seven, as the research script).
         seed: problem-set seed of the fit (42 as the research script).
         layers: edited layers, e.g. 1-2 (None: the research script's L9-L26 of 36 as a fraction of depth).
@@ -69,7 +92,7 @@ class SurgeryConfig(PromptSettings):
         sweep_alpha: alpha values of the sweep, e.g. 0.25,0.5,1.
         loss_n: problems for the next-token loss before/after.
         loss_seed: their problem-set seed.
-        control_seed: seed of the random control subspaces.
+        control_seed: seed of the random and energy-matched control subspaces.
     """
 
     langs: tuple[str, ...] = all_languages()
@@ -125,19 +148,65 @@ def edited_layers(model, config: SurgeryConfig) -> list[int]:
     return layers
 
 
-def prepare(model, config: SurgeryConfig) -> ParallelPrompts:
-    """The fit problems in every language of the config, tokenized for ``model``."""
-    return parallel_prompts(model, config.n_pairs, config.seed, config.langs, config.prepend_bos)
+@dataclass(frozen=True)
+class FitPrompts(ParallelPrompts):
+    """The problems the language subspace is fitted on: the drawn set, evaluated problems replaced.
+
+    Attributes:
+        n_replaced: drawn problems that the study also evaluates (generation test set or loss
+            set; same template and numbers), each replaced by a fresh draw of its category
+            (:func:`interp_tl.prompts.generate_problems_excluding`).
+    """
+
+    n_replaced: int
+
+    def identity(self) -> dict[str, object]:
+        """What regenerates these prompts: the drawn set's id, the replacement rule, languages, BOS."""
+        first = self.tokens[self.langs[0]]
+        return {**problem_set_id(self.n, self.seed), "languages": list(self.langs),
+                "prepend_bos": first.prepend_bos, "bos_token_id": first.bos_id,
+                "evaluated_problems": REPLACEMENT_RULE, "n_replaced": self.n_replaced}
+
+
+#: How the fit set is kept apart from the evaluated problems, in words for the JSON.
+REPLACEMENT_RULE = ("drawn problems also in the evaluation or loss sets are replaced by the next draw of the same "
+                    "category from the same generator")
+
+
+def evaluated_problems(config: SurgeryConfig) -> dict[str, list[Problem]]:
+    """Every problem the study evaluates: ``evaluation`` (generation) and ``loss`` (next-token loss)."""
+    return {"evaluation": seed_test_problems(config.eval_per_category, langs=config.langs),
+            "loss": generate_problems(config.loss_n, config.loss_seed, config.langs)}
+
+
+def prepare(model, config: SurgeryConfig) -> FitPrompts:
+    """The fit problems in every language of the config, disjoint from every evaluated problem, tokenized."""
+    held = [p for problems in evaluated_problems(config).values() for p in problems]
+    fit, replaced = generate_problems_excluding(config.n_pairs, config.seed, held, config.langs)
+    tokens = {lang: tokenize(model, [p.prompts[lang] for p in fit], config.prepend_bos) for lang in config.langs}
+    return FitPrompts(tuple(fit), MappingProxyType(tokens), config.langs, config.seed, replaced)
+
+
+def fit_set(config: SurgeryConfig, prompts: ParallelPrompts) -> dict[str, Any]:
+    """The fit set's record: how many drawn problems were evaluated ones, and its overlap (recounted) with each set."""
+    held = evaluated_problems(config)
+    drawn = generate_problems(config.n_pairs, config.seed, config.langs)
+    return {"problems": problem_set_id(config.n_pairs, config.seed), "rule": REPLACEMENT_RULE,
+            "n_fit": prompts.n,
+            "replaced": {name: overlap_count(drawn, problems) for name, problems in held.items()},
+            **{f"overlap_with_{name}": overlap_count(prompts.problems, problems) for name, problems in held.items()}}
 
 
 def hooks(model, config: SurgeryConfig) -> list[str]:
-    """The fit hook at every edited layer."""
-    return [f"blocks.{layer}.{config.fit_hook}" for layer in edited_layers(model, config)]
+    """The fit hook and the MLP write (for the energy-matched control) at every edited layer."""
+    layers = edited_layers(model, config)
+    return [f"blocks.{layer}.{config.fit_hook}" for layer in layers] + [f"blocks.{layer}.hook_mlp_out"
+                                                                         for layer in layers]
 
 
 def extract_caches(model, config: SurgeryConfig, prompts: ParallelPrompts, progress: bool = False) -> dict:
-    """``{"fit": cache}``: the fit hook at each edited layer, last real token, every language (in ``langs`` order)."""
-    names = hooks(model, config)
+    """``{"fit": cache}``: :func:`hooks` at the last real token of the fit prompts, every language (``langs`` order)."""
+    names = list(dict.fromkeys(hooks(model, config)))
     per_lang = [extract(model, prompts.tokens[lang], names, config.batch_size, progress=progress,
                         desc=f"surgery: fitting the language subspace ({lang})") for lang in prompts.langs]
     joined = {name: torch.cat([c[name] for c in per_lang]) for name in names}
@@ -154,14 +223,6 @@ def random_bases(model, layers: list[int], k: int, seed: int) -> dict[int, Basis
             g -= g.mean(0, keepdims=True)
         out[layer] = Basis(np.linalg.qr(g)[0], kind)
     return out
-
-
-def mcnemar(before: list[bool], after: list[bool]) -> dict[str, Any]:
-    """Exact McNemar test on paired outcomes: discordant counts and the two-sided binomial p."""
-    lost = sum(x and not y for x, y in zip(before, after))
-    gained = sum(y and not x for x, y in zip(before, after))
-    p = 1.0 if lost + gained == 0 else float(binomtest(min(lost, gained), lost + gained, 0.5).pvalue)
-    return {"lost": int(lost), "gained": int(gained), "p_value": p}
 
 
 def _strip(results: Mapping[str, dict]) -> list[dict]:
@@ -190,18 +251,108 @@ def _subspaces(model, config: SurgeryConfig, layers: list[int], by_lang: Mapping
     return subspaces, sweep_k, dropped, config, rule
 
 
+#: The evaluated conditions, in the JSON's and the figure's order.
+CONDITIONS = ("baseline", "surgery", "random_control", "energy_matched_control")
+#: Paired comparisons: name -> (before, after); "lost" counts problems right before and wrong after.
+COMPARISONS = {
+    "surgery_vs_baseline": ("baseline", "surgery"),
+    "control_vs_baseline": ("baseline", "random_control"),
+    "energy_matched_vs_baseline": ("baseline", "energy_matched_control"),
+    "surgery_vs_energy_matched": ("energy_matched_control", "surgery"),
+}
+#: Where the removed energy is measured and matched.
+ENERGY_POSITIONS = ("blocks.L.hook_mlp_out of the unedited model at the last real token of every fit prompt in "
+                    "every language (the positions the language axes are fitted on), each layer on its own")
+
+
+def mlp_writes(model, layers: list[int], by_lang: Mapping[str, ActivationCache]) -> dict[int, np.ndarray]:
+    """Per edited layer, the MLP write at the fit positions, ``[n_fit · n_langs, d_model]`` float64."""
+    return {layer: stacked(by_lang, f"blocks.{layer}.hook_mlp_out").reshape(-1, model.cfg.d_model)
+            for layer in layers}
+
+
+def matched_bases(
+    writes: Mapping[int, np.ndarray], language: Mapping[int, Basis], seed: int
+) -> dict[int, MatchedBasis]:
+    """Per layer an energy-matched control for the language axes (:func:`interp_tl.edits.energy_matched_basis`)."""
+    return {layer: energy_matched_basis(writes[layer], basis, [seed, layer, basis.k])
+            for layer, basis in language.items()}
+
+
+def energy_report(writes: Mapping[int, np.ndarray], language: Mapping[int, Basis], random: Mapping[int, Basis],
+                  matched: Mapping[int, MatchedBasis]) -> dict[str, Any]:
+    """Per layer the fraction of the MLP write's energy each condition's axes remove (α = 1), and the match."""
+    per_layer = {}
+    for layer, w in writes.items():
+        m = matched[layer]
+        per_layer[str(layer)] = {
+            "language": removed_energy(w, language[layer].axes),
+            "random_control": removed_energy(w, random[layer].axes),
+            "energy_matched_control": m.achieved,
+            "matched": m.matched, "tilt": m.tilt, "isotropic_draw": m.isotropic, "covariance_draw": m.covariance,
+            "overlap_with_language": m.overlap,
+            "random_control_overlap_with_language": float(
+                np.linalg.norm(language[layer].axes.T @ random[layer].axes) ** 2 / language[layer].k),
+        }
+    return {"positions": ENERGY_POSITIONS, "alpha": 1.0, "match_rtol": MATCH_RTOL, "per_layer": per_layer}
+
+
+def paired_tests(results: Mapping[str, Mapping[str, dict]], langs) -> tuple[dict, dict]:
+    """Per language McNemar tests of :data:`COMPARISONS`, and the pooled tests across languages.
+
+    Returns:
+        ``{lang: {comparison: mcnemar}}`` and ``{"methods": {...}, "tests": {comparison:
+        {"pooled": stratified McNemar, "by_problem": sign-flip by problem}}}``.
+    """
+    masks = {cond: {lang: res[lang]["correct_mask"] for lang in langs} for cond, res in results.items()}
+    tests = {name: stats.paired_binary_tests(masks[before], masks[after])
+             for name, (before, after) in COMPARISONS.items()}
+    per_lang = {lang: {name: tests[name]["per_stratum"][lang] for name in COMPARISONS} for lang in langs}
+
+    def bare(test: dict) -> dict:
+        return {k: v for k, v in test.items() if k != "method"}
+
+    pooled = {"methods": {"pooled": stats.POOLED_MCNEMAR_METHOD, "by_problem": stats.ITEM_SIGN_FLIP_METHOD},
+              "tests": {name: {"pooled": bare(t["pooled"]), "by_problem": bare(t["by_item"])}
+                        for name, t in tests.items()}}
+    return per_lang, pooled
+
+
+def _sweep(model, config: SurgeryConfig, layers, problems, sweep_k, conditions, done) -> list[dict]:
+    sweep = []
+    for k in sweep_k:
+        bases = conditions(k)
+        for alpha in config.sweep_alpha:
+            for name, b in bases.items():
+                res = done.get((k, alpha, name))
+                if res is None:  # the study's own (k, alpha) was generated already
+                    with projected_mlp_writes(model, layers, b, alpha):
+                        res = evaluate_generation(model, problems, config.langs, config.max_new_tokens,
+                                                  config.batch_size, config.prepend_bos)
+                sweep.append({"k": k, "alpha": alpha, "subspace": name, "mean_accuracy": _mean_accuracy(res),
+                              "accuracy": {lang: r["accuracy"] for lang, r in res.items()}})
+    return sweep
+
+
 def analyse(model, config: SurgeryConfig, prompts: ParallelPrompts, caches: dict, progress: bool = False
             ) -> StudyResult:
-    """Subspaces from the fit cache, then the edits and their evaluations (these run the model)."""
+    """Subspaces and MLP writes from the fit cache, then the edits and their evaluations (these run the model)."""
     layers = edited_layers(model, config)
     by_lang = split_languages(caches["fit"], prompts.langs)
     subspaces, sweep_k, dropped, config, rule = _subspaces(model, config, layers, by_lang)
     kind = residual_basis(model)
+    writes = mlp_writes(model, layers, by_lang)
+    matched_by_k: dict[int, dict[int, MatchedBasis]] = {}
 
-    def bases(k: int) -> dict[int, Basis]:
-        return {layer: Basis(s.axes[:, :k], kind) for layer, s in subspaces.items()}
+    def conditions(k: int) -> dict[str, dict[int, Basis]]:
+        language = {layer: Basis(s.axes[:, :k], kind) for layer, s in subspaces.items()}
+        if k not in matched_by_k:
+            matched_by_k[k] = matched_bases(writes, language, config.control_seed)
+        matched = matched_by_k[k]
+        return {"language": language, "random": random_bases(model, layers, k, config.control_seed),
+                "energy_matched": {layer: m.basis for layer, m in matched.items()}}
 
-    problems = seed_test_problems(config.eval_per_category)
+    problems = seed_test_problems(config.eval_per_category, langs=config.langs)
     loss_problems = generate_problems(config.loss_n, config.loss_seed)
 
     def evaluate(edit, label: str) -> tuple[dict, dict]:
@@ -211,25 +362,17 @@ def analyse(model, config: SurgeryConfig, prompts: ParallelPrompts, caches: dict
             loss = next_token_loss(model, loss_problems, config.langs, config.batch_size, config.prepend_bos)
         return gen, loss
 
-    baseline, loss_base = evaluate(nullcontext(), "baseline")
-    surgery, loss_surg = evaluate(projected_mlp_writes(model, layers, bases(config.k), config.alpha), "surgery")
-    control_bases = random_bases(model, layers, config.k, config.control_seed)
-    control, loss_ctrl = evaluate(projected_mlp_writes(model, layers, control_bases, config.alpha), "random_control")
-    done = {(config.k, config.alpha, "language"): surgery, (config.k, config.alpha, "random"): control}
-    sweep = []
-    for k in sweep_k:
-        for alpha in config.sweep_alpha:
-            for name, b in (("language", bases(k)), ("random", random_bases(model, layers, k, config.control_seed))):
-                res = done.get((k, alpha, name))
-                if res is None:  # the study's own (k, alpha) was generated above
-                    with projected_mlp_writes(model, layers, b, alpha):
-                        res = evaluate_generation(model, problems, config.langs, config.max_new_tokens,
-                                                  config.batch_size, config.prepend_bos)
-                sweep.append({"k": k, "alpha": alpha, "subspace": name, "mean_accuracy": _mean_accuracy(res),
-                              "accuracy": {lang: r["accuracy"] for lang, r in res.items()}})
-    paired = {lang: {"surgery_vs_baseline": mcnemar(baseline[lang]["correct_mask"], surgery[lang]["correct_mask"]),
-                     "control_vs_baseline": mcnemar(baseline[lang]["correct_mask"], control[lang]["correct_mask"])}
-              for lang in config.langs}
+    main = conditions(config.k)
+    edits = {"baseline": nullcontext(), "surgery": main["language"], "random_control": main["random"],
+             "energy_matched_control": main["energy_matched"]}
+    results, losses = {}, {}
+    for cond in CONDITIONS:
+        edit = edits[cond] if cond == "baseline" else projected_mlp_writes(model, layers, edits[cond], config.alpha)
+        results[cond], losses[cond] = evaluate(edit, cond)
+    done = {(config.k, config.alpha, name): results[cond] for name, cond in
+            (("language", "surgery"), ("random", "random_control"), ("energy_matched", "energy_matched_control"))}
+    sweep = _sweep(model, config, layers, problems, sweep_k, conditions, done)
+    per_lang, pooled = paired_tests(results, config.langs)
     data = {
         "experiment": "kernel_surgery",
         "surgery_layers": layers,
@@ -238,21 +381,19 @@ def analyse(model, config: SurgeryConfig, prompts: ParallelPrompts, caches: dict
         "alpha": config.alpha,
         "n_test_problems": len(problems),
         "max_new_tokens": config.max_new_tokens,
-        "baseline": _strip(baseline),
-        "surgery": _strip(surgery),
-        "random_control": _strip(control),
-        "paired_tests": paired,
+        **{cond: _strip(results[cond]) for cond in CONDITIONS},
+        "paired_tests": per_lang,
+        "paired_tests_pooled": pooled,
         "sweep": sweep,
         "sweep_k_dropped_above_rank": dropped,
-        "loss": {"held_out": {"n": config.loss_n, "seed": config.loss_seed},
-                 "baseline": loss_base, "surgery": loss_surg, "random_control": loss_ctrl},
+        "loss": {"held_out": {"n": config.loss_n, "seed": config.loss_seed}, **losses},
         "subspace": {str(layer): {"variance_explained": float(s.scree[: config.k].sum()),
                                   "scree": [float(x) for x in s.scree[:20]], "rank": s.rank}
                      for layer, s in subspaces.items()},
+        "removed_energy": energy_report(writes, main["language"], main["random"], matched_by_k[config.k]),
+        "fit_set": fit_set(config, prompts),
         "residual_basis": kind,
-        "summary": {"baseline_mean_accuracy": _mean_accuracy(baseline),
-                    "surgery_mean_accuracy": _mean_accuracy(surgery),
-                    "random_control_mean_accuracy": _mean_accuracy(control)},
+        "summary": {f"{cond}_mean_accuracy": _mean_accuracy(results[cond]) for cond in CONDITIONS},
     }
     prov = study_provenance(
         model, "surgery", config, {**prompts.identity(), "hook": config.fit_hook}, layers=layers,
@@ -270,8 +411,11 @@ def run_surgery(model, config: SurgeryConfig = SurgeryConfig(), progress: bool =
         A :class:`StudyResult` whose ``data`` has the research script's keys (``experiment``,
         ``surgery_layers``, ``n_lang_dims``, ``n_test_problems``, ``max_new_tokens``, ``baseline``
         and ``surgery`` as lists of per-language results with ``correct``, ``total``,
-        ``accuracy``, ``mean_fat``, ``outputs``, ``lang_preservation``) plus ``random_control``,
-        ``paired_tests``, ``sweep``, ``loss`` and ``subspace``.
+        ``accuracy``, ``mean_fat``, ``outputs``, ``lang_preservation``) plus ``random_control``
+        and ``energy_matched_control`` (same lists), ``removed_energy`` (per layer the fraction of
+        the MLP write's energy each condition removes), ``fit_set`` (drawn problems that were
+        evaluated ones and replaced, overlap with the evaluated sets: 0), ``paired_tests`` (per
+        language), ``paired_tests_pooled`` (across languages), ``sweep``, ``loss`` and ``subspace``.
 
     Raises:
         BadInputError: alpha outside [0, 1], k >= d_model or above the data's rank, unknown
@@ -283,19 +427,22 @@ def run_surgery(model, config: SurgeryConfig = SurgeryConfig(), progress: bool =
 
 
 def plot(result: StudyResult):
-    """Accuracy and language preservation per language (baseline / surgery / random control) and the dose-response."""
+    """Accuracy and language preservation per language (baseline / surgery / controls) and the dose-response."""
     data = result.data
-    conditions = (("baseline", "baseline"), ("surgery", "surgery"), ("random_control", "random control"))
+    labels = {"baseline": "baseline", "surgery": "surgery", "random_control": "random control",
+              "energy_matched_control": "energy-matched control"}
+    conditions = [(key, labels[key]) for key in CONDITIONS if key in data]
     langs = [r["lang"] for r in data["baseline"]]
     x = np.arange(len(langs))
     fig = figure((15, 4))
     ax_acc, ax_lang, ax_sweep = fig.subplots(1, 3)
-    width = 0.27
+    width = 0.8 / len(conditions)
     for i, (key, label) in enumerate(conditions):
         rows = data[key]
-        ax_acc.bar(x + (i - 1) * width, [r["accuracy"] for r in rows], width, label=label)
+        offset = (i - (len(conditions) - 1) / 2) * width
+        ax_acc.bar(x + offset, [r["accuracy"] for r in rows], width, label=label)
         kept = [r["lang_preservation"]["preserved"] for r in rows]
-        ax_lang.bar(x + (i - 1) * width, [np.nan if v is None else v for v in kept], width, label=label)
+        ax_lang.bar(x + offset, [np.nan if v is None else v for v in kept], width, label=label)
     ax_acc.set_xticks(x, langs)
     ax_acc.set(ylim=(0, 1.05), ylabel="accuracy (answer among generated numbers)", title="accuracy")
     ax_acc.legend(fontsize=7)
@@ -304,12 +451,12 @@ def plot(result: StudyResult):
     if all(r["lang_preservation"]["preserved"] is None for key, _ in conditions for r in data[key]):
         ax_lang.text(0.5, 0.5, "no output has letters\n(answers are digits only)", ha="center", va="center",
                      transform=ax_lang.transAxes, fontsize=8)
-    for kind, style in (("language", "-"), ("random", "--")):
+    for kind, style in (("language", "-"), ("random", "--"), ("energy_matched", ":")):
         for alpha in sorted({s["alpha"] for s in data["sweep"]}):
             pts = sorted((s["k"], s["mean_accuracy"]) for s in data["sweep"]
                          if s["subspace"] == kind and s["alpha"] == alpha)
             if pts:
-                ax_sweep.plot(*zip(*pts), style, marker="o", ms=3, label=f"{kind} α={alpha:g}")
+                ax_sweep.plot(*zip(*pts), style, marker="o", ms=3, label=f"{kind.replace('_', '-')} α={alpha:g}")
     ax_sweep.axhline(data["summary"]["baseline_mean_accuracy"], color="k", lw=0.8, label="baseline")
     ax_sweep.set(ylim=(0, 1.05), xscale="log", xlabel="k (axes removed per layer)", ylabel="mean accuracy",
                  title="dose-response")
@@ -321,11 +468,15 @@ def plot(result: StudyResult):
 
 
 def headline(result: StudyResult) -> str:
-    """Mean accuracy of the baseline, the surgery and the random control."""
+    """Mean accuracy of the baseline, the surgery and both controls; pooled exact p of the surgery against two."""
     data = result.data
     s = data["summary"]
+    pooled = data["paired_tests_pooled"]["tests"]
     return (f"mean accuracy baseline {s['baseline_mean_accuracy']:.3f}, surgery {s['surgery_mean_accuracy']:.3f}, "
-            f"random control {s['random_control_mean_accuracy']:.3f} (layers {data['surgery_layers']}, "
+            f"random control {s['random_control_mean_accuracy']:.3f}, energy-matched control "
+            f"{s['energy_matched_control_mean_accuracy']:.3f}; pooled exact p surgery vs baseline "
+            f"{pooled['surgery_vs_baseline']['pooled']['p_value']:.3g}, vs energy-matched "
+            f"{pooled['surgery_vs_energy_matched']['pooled']['p_value']:.3g} (layers {data['surgery_layers']}, "
             f"k={data['n_lang_dims']})")
 
 

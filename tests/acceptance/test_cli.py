@@ -27,7 +27,7 @@ def test_alignment_writes_json_png_and_the_cache(tmp_path, capsys):
     assert meta["model"]["weights_fingerprint"] == prov["model"]["weights_fingerprint"]
     assert caches["last"]["blocks.3.hook_resid_pre"].shape == (20, 1, 128)  # zh then en, last token
     assert (tmp_path / "alignment.png").read_bytes()[:4] == b"\x89PNG"
-    assert "alignment: max z_post_mlp" in capsys.readouterr().out
+    assert "alignment: max z_exact_post_mlp" in capsys.readouterr().out
     # the saved cache gives the same numbers without running the model
     again = tmp_path / "again"
     assert main(["alignment", *FAST, "--out", str(again), "--layers", "0-1,3", "--from-activations",
@@ -103,10 +103,17 @@ def _exit_code(argv):
     (["layers", "--layers", "2-4"], "layer 4 is out of range"),
     (["jacobian", "--text", "/nonexistent/file.txt"], "cannot read text file"),
     (["jacobian", "--langs", "zh", "qq"], "unknown language 'qq'"),
+    (["jacobian", "--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
+    (["jacobian", "--batch-size", "-1"], "batch_size must be an integer >= 1, got -1"),
+    (["heads", "--top", "-1"], "top must be an integer >= 0, got -1"),
+    (["head", "1.3", "--n-perms", "1"], "n_perms must be an integer >= 2, got 1"),
+    (["alignment", "--n-perms", "1"], "n_perms must be an integer >= 2, got 1"),
+    (["embedding", "--n-perms", "1"], "n_perms must be an integer >= 2, got 1"),
+    (["all", "--n-perms", "1"], "n_perms must be an integer >= 2, got 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     out = tmp_path / "out"
-    common = ["--quiet"] if args[0] in ("surgery", "layers", "jacobian") else FAST
+    common = FAST if args[0] in ("alignment", "embedding") else ["--quiet"]
     code = _exit_code([args[0], *common, "--out", str(out), *args[1:]])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("interp-tl: error:")

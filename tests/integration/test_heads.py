@@ -108,6 +108,11 @@ def test_study_on_a_grouped_query_model(rms_model):
     assert data["layer"] == 2 and len(data["head_shares"]) == 3 and len(data["head_shares"][0]) == 4
     assert data["shares_sum_error"] < 1e-10 and data["writers_sum_max_abs_error"] < 1e-3
     assert len(data["ablations"]) == 2
+    assert all(isinstance(w["z_exact"], float) for w in data["writers"])
+    # the ablated heads are the largest shares (a deterministic ranking)
+    heads = sorted((w for w in data["writers"] if w["name"].startswith("L")), key=lambda w: -w["share"])
+    assert list(data["ablations"]) == [w["name"] for w in heads[:2]]
+    assert all(len(a["delta_z_exact"]) == len(a["layers"]) for a in data["ablations"].values())
     strict_json.round_trip(result.to_dict())
 
 
@@ -127,6 +132,8 @@ def test_head_report_and_cli(polyglot_model, tmp_path, capsys):
     assert "head L0H3:" in capsys.readouterr().out
     written = strict_json.read(tmp_path / "head_L0H3.json")
     assert written["head"] == "L0H3" and written["provenance"]["model"]["name"] == "interp-tl/polyglot-toy"
+    assert isinstance(written["share"]["z_exact"], float) and len(written["ablation"]["delta_z_exact"]) == 4
+    assert 0 < written["jacobian"]["mean_max_attention"] <= 1 and set(written["z_statistics"]) == {"z", "z_exact"}
     assert main(["head", "0.x", "--out", str(tmp_path / "bad")]) == 2
     assert "a head is written L.H" in capsys.readouterr().err
 

@@ -116,6 +116,32 @@ def test_numbers_do_not_depend_on_batching(make_model, tmp_path):
     np.testing.assert_allclose(one["weight_gradient_cos"]["ste"], many["weight_gradient_cos"]["ste"], atol=1e-5)
 
 
+def test_mean_max_attention_per_head_and_why_mean_attention_was_dropped(make_model, tmp_path):
+    """mean_max_attention against a loop over sequences and real query rows; the seed's mean attention is the
+    same number for every head (rows / unmasked entries), so it is not reported."""
+    model = make_model("ln", seed=41)
+    text = tmp_path / "three.txt"
+    text.write_text("\n".join(TEXTS[:3]), "utf-8")
+    result = run_jacobian(model, JacobianConfig(text_file=str(text), batch_size=3, weight_gradients=False)).data
+    assert "mean_attention" not in result["layers"]
+    batch = _batch(model, TEXTS[:3])
+    cache, _ = pattern_gradients(model, batch)
+    lengths = batch.attention_mask.sum(1).tolist()
+    for layer, (pattern, _) in _pairs(cache, model).items():
+        per_head, seed_mean = [], []
+        for h in range(model.cfg.n_heads):
+            maxima, entries = [], []
+            for j, length in enumerate(lengths):
+                a = pattern[j, h, -length:, -length:].double()  # the sequence's real rows and keys
+                maxima += a.max(-1).values.tolist()
+                entries += a[torch.tril(torch.ones_like(a)).bool()].tolist()
+            per_head.append(np.mean(maxima))
+            seed_mean.append(np.mean(entries))
+        np.testing.assert_allclose(result["layers"]["mean_max_attention"][layer], per_head, rtol=1e-6)
+        assert np.ptp(per_head) > 1e-3  # it tells heads apart
+        np.testing.assert_allclose(seed_mean, sum(lengths) / sum(n * (n + 1) / 2 for n in lengths), rtol=1e-5)
+
+
 def test_strata_cover_every_real_row(polyglot_model):
     result = run_jacobian(polyglot_model, JacobianConfig(n_problems=5, langs=("zh", "en")))
     data = result.data

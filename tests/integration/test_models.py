@@ -12,6 +12,7 @@ import torch
 from interp_tl.errors import BadInputError, ModelNotAvailableError
 from interp_tl.models import (
     DEFAULT_MODEL,
+    POLYGLOT_MODEL,
     PROCESSING,
     TOY_MODEL,
     load_model,
@@ -78,3 +79,26 @@ def test_gpt2_path_reproduces_raw_hf_hidden_states(tmp_path):
     proc = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "gpt2_offline_check.py")], env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0 and "\nOK " in "\n" + proc.stdout, proc.stderr[-2000:]
+
+
+def test_fold_ln_moves_only_unembed_hook_in(polyglot_model):
+    """What the README says about fold_ln: every hook keeps its value except unembed.hook_in, which holds
+    ln_final's output before its (now folded) weight and bias."""
+    import torch
+
+    from interp_tl.batching import batches, parallel_prompts
+
+    folded = load_model(POLYGLOT_MODEL, processing="fold_ln")
+    (batch,) = batches(polyglot_model, parallel_prompts(polyglot_model, 10, 42, ("zh", "en")).stacked(), 20)
+    real = batch.attention_mask.bool()
+    with torch.inference_mode():
+        _, raw = polyglot_model.run_with_cache(batch.tokens, attention_mask=batch.attention_mask)
+        _, fold = folded.run_with_cache(batch.tokens, attention_mask=batch.attention_mask)
+    assert raw.cache_dict.keys() == fold.cache_dict.keys()
+    moved = {}
+    for name, x in raw.cache_dict.items():
+        y = fold[name]
+        diff = (x - y).abs()[real] if x.shape[:2] == real.shape else (x - y).abs()
+        moved[name] = float(diff.max())
+    assert moved.pop("unembed.hook_in") > 0.1
+    assert max(moved.values()) < 1e-4 and len(moved) > 50

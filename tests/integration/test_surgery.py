@@ -14,11 +14,11 @@ from interp_tl.errors import BadInputError, LayerRangeError
 from interp_tl.generation import evaluate_generation, first_answer_token, first_answer_word, numbers_in
 from interp_tl.models import POLYGLOT_MODEL, load_model
 from interp_tl.prompts import seed_test_problems
+from interp_tl.stats import mcnemar
 from interp_tl.studies.surgery import (
     SurgeryConfig,
     default_layers,
     extract_caches,
-    mcnemar,
     prepare,
     random_bases,
     run_surgery,
@@ -53,13 +53,14 @@ def test_seed_fields_and_provenance(small_run):
     assert {"experiment", "surgery_layers", "n_lang_dims", "n_test_problems", "max_new_tokens", "baseline",
             "surgery"} <= set(data)
     assert data["surgery_layers"] == [1, 2] and data["n_lang_dims"] == 3 and data["n_test_problems"] == 10
-    for key in ("baseline", "surgery", "random_control"):
+    for key in ("baseline", "surgery", "random_control", "energy_matched_control"):
         assert [r["lang"] for r in data[key]] == ["zh", "en", "sw"]
         for row in data[key]:
             assert SEED_LAYER_KEYS <= set(row) and row["total"] == 10 and len(row["outputs"]) == 10
             assert row["accuracy"] == pytest.approx(row["correct"] / 10)
             assert row["correct"] == sum(o["correct"] for o in row["outputs"])
-    assert {(s["k"], s["subspace"]) for s in data["sweep"]} == {(k, s) for k in (1, 3) for s in ("language", "random")}
+    assert {(s["k"], s["subspace"]) for s in data["sweep"]} == {(k, s) for k in (1, 3)
+                                                                 for s in ("language", "random", "energy_matched")}
     prov = small_run.provenance
     assert prov["model"]["name"] == POLYGLOT_MODEL and prov["layers"] == [1, 2]
     assert {k: prov["prompts"][k] for k in ("name", "n", "seed", "languages", "hook")} == {
@@ -89,7 +90,8 @@ def test_alpha_zero_is_the_baseline(polyglot_model):
     data = run_surgery(polyglot_model, config).data
     assert data["surgery"][0]["outputs"] == data["baseline"][0]["outputs"]
     assert data["loss"]["surgery"] == data["loss"]["baseline"]
-    assert data["paired_tests"]["ja"]["surgery_vs_baseline"] == {"lost": 0, "gained": 0, "p_value": 1.0}
+    assert data["paired_tests"]["ja"]["surgery_vs_baseline"] == {"lost": 0, "gained": 0, "n_pairs": 10,
+                                                                 "p_value": 1.0}
 
 
 def test_same_config_same_numbers(polyglot_model, small_run):
@@ -117,7 +119,7 @@ def test_mcnemar_is_the_exact_binomial():
     after = [False] * 5 + [True] + [True] * 2 + [True] * 3  # 5 lost, 2 gained
     res = mcnemar(before, after)
     p = 2 * sum(math.comb(7, i) for i in range(3)) / 2**7
-    assert res == {"lost": 5, "gained": 2, "p_value": pytest.approx(p)}
+    assert res == {"lost": 5, "gained": 2, "n_pairs": 11, "p_value": pytest.approx(p)}
     assert mcnemar([True, False], [True, False])["p_value"] == 1.0
 
 
@@ -191,3 +193,116 @@ def test_k_by_the_variance_rule(polyglot_model):
     assert data["k_rule"] == {"min_variance": 0.3, "k_per_layer": expected}
     assert data["n_lang_dims"] == max(expected.values())
     assert all(v["variance_explained"] >= 0.3 for v in data["subspace"].values())
+
+
+# The controls, the fit set and the pooled tests (issue 26)
+
+
+def _measured_removed_energy(model, config, layer, basis, writes) -> float:
+    """1 − ‖m'‖²/‖m‖² with m' the MLP write of the edited model (weights edited, one layer) at the fit positions."""
+    from interp_tl.cache import split_languages
+    from interp_tl.edits import projected_mlp_writes
+    from interp_tl.studies.surgery import mlp_writes
+
+    prompts = prepare(model, config)
+    with projected_mlp_writes(model, [layer], {layer: basis}, 1.0):
+        edited = mlp_writes(model, [layer], split_languages(extract_caches(model, config, prompts)["fit"],
+                                                            prompts.langs))[layer]
+    return 1.0 - float((edited**2).sum() / (writes**2).sum())
+
+
+def test_energy_matched_control_removes_what_the_language_axes_remove(polyglot_model, small_run):
+    """Measured through the weight edit: language axes and matched control within 1e-4 (float32 model)."""
+    from interp_tl.analyses.subspace import language_subspace
+    from interp_tl.cache import split_languages
+    from interp_tl.studies.surgery import matched_bases, mlp_writes
+
+    prompts = prepare(polyglot_model, SMALL)
+    by_lang = split_languages(extract_caches(polyglot_model, SMALL, prompts)["fit"], prompts.langs)
+    kind = residual_basis(polyglot_model)
+    language = {layer: Basis(language_subspace(by_lang, f"blocks.{layer}.hook_resid_post", k=3).axes, kind)
+                for layer in (1, 2)}
+    writes = mlp_writes(polyglot_model, [1, 2], by_lang)
+    matched = matched_bases(writes, language, SMALL.control_seed)
+    random = random_bases(polyglot_model, [1, 2], 3, SMALL.control_seed)
+    report = small_run.data["removed_energy"]["per_layer"]
+    for layer in (1, 2):
+        measured = {name: _measured_removed_energy(polyglot_model, SMALL, layer, b[layer], writes[layer])
+                    for name, b in (("language", language), ("energy_matched_control",
+                                                             {k: m.basis for k, m in matched.items()}),
+                                    ("random_control", random))}
+        assert abs(measured["language"] - measured["energy_matched_control"]) <= 1e-4
+        for name, value in measured.items():
+            assert report[str(layer)][name] == pytest.approx(value, abs=1e-4)
+        assert report[str(layer)]["matched"] is True
+        # the plain control is the small edit the issue found: a fraction of what the language axes remove
+        assert measured["random_control"] < 0.5 * measured["language"]
+        assert measured["language"] > 0.1
+
+
+def test_energy_matched_generations_are_in_the_sweep(small_run):
+    sweep = {(s["k"], s["subspace"]): s for s in small_run.data["sweep"]}
+    rows = small_run.data["energy_matched_control"]
+    assert sweep[(3, "energy_matched")]["accuracy"] == {r["lang"]: r["accuracy"] for r in rows}
+    assert small_run.data["summary"]["energy_matched_control_mean_accuracy"] == pytest.approx(
+        np.mean([r["accuracy"] for r in rows]))
+    assert set(small_run.data["loss"]) >= {"baseline", "surgery", "random_control", "energy_matched_control"}
+
+
+def test_fit_set_is_disjoint_from_every_evaluated_problem(polyglot_model, small_run):
+    from interp_tl.prompts import generate_problems
+
+    fit = small_run.data["fit_set"]
+    assert fit["overlap_with_evaluation"] == 0 and fit["overlap_with_loss"] == 0
+    prompts = prepare(polyglot_model, SMALL)
+    evaluated = seed_test_problems(SMALL.eval_per_category) + generate_problems(SMALL.loss_n, SMALL.loss_seed)
+    # independent of the package's problem key: the prompt texts in every language
+    held = {p.prompts[lang] for p in evaluated for lang in SMALL.langs}
+    assert not any(p.prompts[lang] in held for p in prompts.problems for lang in SMALL.langs)
+    drawn = generate_problems(SMALL.n_pairs, SMALL.seed, SMALL.langs)
+    evaluated_rows = [i for i, p in enumerate(drawn) if p.prompts["en"] in held]
+    assert evaluated_rows  # the small set does draw an evaluated problem: something was replaced
+    assert fit["n_fit"] == prompts.n == SMALL.n_pairs and prompts.n_replaced == len(evaluated_rows)
+    for i, (old, new) in enumerate(zip(drawn, prompts.problems)):
+        assert new.category == old.category  # replaced within its category
+        assert (new.prompts == old.prompts) == (i not in evaluated_rows)  # the others are the drawn problems
+    assert small_run.provenance["prompts"]["n_replaced"] == len(evaluated_rows)
+
+
+def test_default_fit_set_would_hold_every_evaluation_problem(polyglot_model):
+    """The research script's fit (seed 42, 200 problems) includes all 20 evaluation problems; ours replaces them."""
+    from interp_tl.prompts import generate_problems, overlap_count
+
+    drawn, evaluation = generate_problems(200, 42), seed_test_problems(4)
+    assert overlap_count(evaluation, drawn) == 20  # every evaluation problem is in the research script's fit
+    assert overlap_count(drawn, evaluation) == 22  # two of them drawn twice (combinatorics repeats)
+    prompts = prepare(polyglot_model, SurgeryConfig(langs=("zh", "en")))
+    loss = generate_problems(50, 7)
+    assert prompts.n == 200 and prompts.n_replaced == overlap_count(drawn, evaluation + loss) >= 22
+    assert overlap_count(prompts.problems, evaluation + loss) == 0
+
+
+def test_pooled_tests_pool_the_languages(small_run):
+    from scipy.stats import binomtest
+
+    data = small_run.data
+    langs = [r["lang"] for r in data["baseline"]]
+    correct = {cond: {r["lang"]: [o["correct"] for o in r["outputs"]] for r in data[cond]}
+               for cond in ("baseline", "surgery", "random_control", "energy_matched_control")}
+    pooled = data["paired_tests_pooled"]
+    assert set(pooled["methods"]) == {"pooled", "by_problem"}
+    pairs = {"surgery_vs_baseline": ("baseline", "surgery"), "control_vs_baseline": ("baseline", "random_control"),
+             "energy_matched_vs_baseline": ("baseline", "energy_matched_control"),
+             "surgery_vs_energy_matched": ("energy_matched_control", "surgery")}
+    assert set(pooled["tests"]) == set(pairs)
+    for name, (before, after) in pairs.items():
+        test = pooled["tests"][name]["pooled"]
+        lost = sum(b and not a for lang in langs for b, a in zip(correct[before][lang], correct[after][lang]))
+        gained = sum(a and not b for lang in langs for b, a in zip(correct[before][lang], correct[after][lang]))
+        assert (test["lost"], test["gained"]) == (lost, gained)
+        assert test["lost"] == sum(data["paired_tests"][lang][name]["lost"] for lang in langs)
+        want = 1.0 if lost + gained == 0 else binomtest(lost, lost + gained, 0.5).pvalue
+        assert test["p_value"] == pytest.approx(want)
+        by_problem = pooled["tests"][name]["by_problem"]
+        assert by_problem["gained_minus_lost"] == gained - lost and by_problem["n_items"] == 10
+    assert any(pooled["tests"][name]["pooled"]["discordant"] for name in pairs)  # something to test

@@ -188,3 +188,26 @@ def test_seed_test_problems_are_the_seeds_selection(per_category):
     assert len(got) == 5 * per_category and len({p.index for p in got}) == len(got)
     with pytest.raises(BadInputError, match="between 1 and 40"):
         seed_test_problems(41)
+
+
+def test_generate_problems_excluding_replaces_only_the_excluded_rows():
+    from interp_tl.prompts import generate_problems_excluding, overlap_count, problem_key, seed_test_problems
+
+    drawn = generate_problems(200, 42)
+    same, replaced = generate_problems_excluding(200, 42, [])
+    assert replaced == 0 and [p.prompts for p in same] == [p.prompts for p in drawn]
+    exclude = seed_test_problems(4)
+    fit, replaced = generate_problems_excluding(200, 42, exclude)
+    assert overlap_count(fit, exclude) == 0 and replaced == overlap_count(drawn, exclude) == 22
+    changed = [i for i, (a, b) in enumerate(zip(drawn, fit)) if problem_key(a) != problem_key(b)]
+    assert len(changed) == replaced and all(drawn[i].category == fit[i].category for i in changed)
+    assert [p.category for p in fit] == [p.category for p in drawn]
+
+
+def test_generate_problems_excluding_gives_up_when_a_category_is_exhausted():
+    from interp_tl.prompts import Problem, generate_problems_excluding
+
+    every = [Problem(0, "combinatorics", "combinatorics", {"n": n, "k": k}, math.comb(n, k), {})
+             for n in range(5, 21) for k in range(1, min(n - 1, 8) + 1)]
+    with pytest.raises(BadInputError, match="no combinatorics problem outside the excluded ones"):
+        generate_problems_excluding(10, 42, every)
