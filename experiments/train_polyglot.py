@@ -233,7 +233,7 @@ def lr_at(recipe: Recipe, step: int) -> float:
 
 def held_out_answer_loss(model, problems, langs) -> float:
     """Mean teacher-forced loss per answer token (digits + EOS) over the held-out set, all languages."""
-    from interp_tl.batching import tokenize
+    from interp_tl.tokens import tokenize
 
     answers = [answer_text(p.answer) for p in problems]
     losses = []

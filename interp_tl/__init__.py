@@ -24,7 +24,7 @@ _EXPORTS = {
     "DEFAULT_MODEL": "interp_tl.models",
     # prompts and batching
     "generate_problems": "interp_tl.prompts", "languages": "interp_tl.prompts",
-    "parallel_prompts": "interp_tl.batching", "tokenize": "interp_tl.batching", "ParallelPrompts": "interp_tl.batching",
+    "parallel_prompts": "interp_tl.tokens", "tokenize": "interp_tl.tokens", "ParallelPrompts": "interp_tl.tokens",
     # caches
     "extract": "interp_tl.cache", "last_token": "interp_tl.cache", "token_mask": "interp_tl.cache",
     "token_mean": "interp_tl.cache",

@@ -43,9 +43,10 @@ from jaxtyping import Float, Int
 from transformer_lens import ActivationCache
 from transformer_lens.utilities.activation_functions import gelu_new
 
-from interp_tl.batching import Tokenized, batches, check_lengths
+from interp_tl.batching import batches
 from interp_tl.errors import BadInputError, LayerRangeError, ProvenanceMismatchError
 from interp_tl.files import atomic_write
+from interp_tl.tokens import Tokenized, check_lengths
 
 Reduce = Literal["last", "mean", "all"]
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
@@ -180,7 +181,7 @@ def extract(
 
     Args:
         model: a HookedTransformer.
-        tokens: from :func:`interp_tl.batching.tokenize` (BOS handling travels with them).
+        tokens: from :func:`interp_tl.tokens.tokenize` (BOS handling travels with them).
         hook_names: hook points with a position axis after batch, e.g. ``hook_embed``,
             ``blocks.3.hook_resid_pre``, ``blocks.3.hook_attn_out``, ``blocks.3.attn.hook_z``.
         batch_size: prompts per forward pass.
@@ -320,7 +321,7 @@ def last_token(
         attention_mask: ``[batch, pos]``, 1 on real tokens (left or right padding).
         tokens: instead of the mask: the ``[batch, pos]`` ids the cache was run on (the mask is
             then TransformerLens' ``get_attention_mask`` with the model's tokenizer, padding side
-            and ``default_prepend_bos``), or a :class:`~interp_tl.batching.Tokenized`.
+            and ``default_prepend_bos``), or a :class:`~interp_tl.tokens.Tokenized`.
 
     Returns:
         An ``ActivationCache`` bound to the same model; attention patterns keep the query row of

@@ -135,14 +135,14 @@ def _add_config(parser: argparse.ArgumentParser, cls: type, prefix: str = "", sk
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
-    from interp_tl.models import DEFAULT_MODEL, PROCESSING
+    from interp_tl.presets import DEFAULT_MODEL, DTYPE_NAMES, PROCESSING
 
     group = parser.add_argument_group("model and output")
     group.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL}, offline)")
     group.add_argument("--processing", default="none", choices=list(PROCESSING),
                        help="weight processing: none = raw weights as the research scripts (default), "
                             "fold_ln, or default = TransformerLens' from_pretrained default")
-    group.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"],
+    group.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES),
                        help="model dtype; statistics are always computed in float32/float64 (default float32)")
     group.add_argument("--device", default="cpu", help="torch device (default cpu)")
     group.add_argument("--n-devices", type=int, default=1,

@@ -19,11 +19,12 @@ import torch
 from jaxtyping import Float
 from transformer_lens.utilities.lm_utils import lm_cross_entropy_loss
 
-from interp_tl.batching import Tokenized, batches, check_lengths, tokenize
+from interp_tl.batching import batches
 from interp_tl.cache import fused_gelu
 from interp_tl.errors import BadInputError
 from interp_tl.langid import LABELS, identify_language
 from interp_tl.prompts import CATEGORIES, Problem
+from interp_tl.tokens import Tokenized, check_lengths, tokenize
 
 
 def answer_text(answer: int) -> str:
@@ -38,7 +39,7 @@ def greedy_completions(
 
     Args:
         model: a HookedTransformer with a tokenizer that has an EOS token.
-        tokens: prompts from :func:`interp_tl.batching.tokenize`.
+        tokens: prompts from :func:`interp_tl.tokens.tokenize`.
         max_new_tokens: most tokens generated per prompt.
         batch_size: prompts per forward pass.
 

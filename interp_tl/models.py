@@ -43,19 +43,11 @@ from urllib.parse import urlparse
 import torch
 
 from interp_tl.errors import BadInputError, ModelNotAvailableError
+from interp_tl.presets import DEFAULT_MODEL, DTYPE_NAMES, POLYGLOT_MODEL, PROCESSING, TOY_MODEL
 
-TOY_MODEL = "interp-tl/toy-random"
-POLYGLOT_MODEL = "interp-tl/polyglot-toy"
-DEFAULT_MODEL = POLYGLOT_MODEL
+__all__ = ["DEFAULT_MODEL", "POLYGLOT_MODEL", "PROCESSING", "TOY_MODEL"]  # re-exported: users import them from here
 
-#: Weight-processing presets: the flags passed to TransformerLens.
-PROCESSING: dict[str, dict[str, bool]] = {
-    "none": dict(fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False),
-    "fold_ln": dict(fold_ln=True, center_writing_weights=False, center_unembed=False, fold_value_biases=False),
-    "default": dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True),
-}
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 # What load_model knows about each model it returned (processing preset, name); weak so that
 # models are freed normally.

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
-from interp_tl.batching import tokenize
 from interp_tl.cache import extract, layer_hook_names
 from interp_tl.models import load_model, model_provenance
 from interp_tl.prompts import generate_problems
+from interp_tl.tokens import tokenize
 
 texts = [p.prompts[lang] for p in generate_problems(10) for lang in ("zh", "en", "ar")]
 hf = AutoModelForCausalLM.from_pretrained("gpt2", dtype=torch.float32).eval()

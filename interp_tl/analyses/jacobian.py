@@ -39,8 +39,9 @@ from jaxtyping import Int
 from transformer_lens import ActivationCache
 from transformer_lens.utilities.lm_utils import lm_cross_entropy_loss
 
-from interp_tl.batching import Batch, Tokenized, batches
+from interp_tl.batching import Batch, batches
 from interp_tl.errors import BadInputError
+from interp_tl.tokens import Tokenized
 
 ENTROPY_BINS = (0.0, 0.5, 1.0, 2.0, np.inf)
 SINK_BINS = (0.0, 0.25, 0.5, 0.75, 1.0001)

@@ -11,18 +11,17 @@ MLP and embedding, for the layer x head heatmap), read from the same cache.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from interp_tl import stats
-from interp_tl.analyses import alignment as align
-from interp_tl.analyses import shares as writer
-from interp_tl.batching import ParallelPrompts, parallel_prompts
-from interp_tl.cache import check_layers, extract, split_languages
 from interp_tl.figures import figure, layer_head_heatmap, nan_array, title
 from interp_tl.results import StudyResult, finite_or_none
 from interp_tl.studies.base import NullSettings, PromptSettings, Study, study_provenance
+
+if TYPE_CHECKING:
+    from interp_tl.analyses import shares as writer
+    from interp_tl.tokens import ParallelPrompts
 
 METHODOLOGY = "Unit-normalized matched-vs-scrambled z-score on cumulative residual stream"
 
@@ -43,11 +42,17 @@ class AlignmentConfig(PromptSettings, NullSettings):
 
 def prepare(model, config: AlignmentConfig) -> ParallelPrompts:
     """The problem set in the config's two languages, tokenized for ``model``."""
+    from interp_tl.tokens import parallel_prompts
+
     return parallel_prompts(model, config.n_pairs, config.seed, config.langs, config.prepend_bos)
 
 
 def hooks(model, config: AlignmentConfig) -> list[str]:
     """Every hook the study reads (the residual stages of each layer; the writers for the head shares)."""
+    from interp_tl.analyses import alignment as align
+    from interp_tl.analyses import shares as writer
+    from interp_tl.cache import check_layers
+
     layers = check_layers(model, config.layers)
     names = align.hook_names(layers)
     if config.head_shares:
@@ -57,6 +62,8 @@ def hooks(model, config: AlignmentConfig) -> list[str]:
 
 def extract_caches(model, config: AlignmentConfig, prompts: ParallelPrompts, progress: bool = False) -> dict:
     """``{"last": cache}``: both languages' prompts (first language first) at their last real token."""
+    from interp_tl.cache import extract
+
     cache = extract(model, prompts.stacked(), hooks(model, config), config.batch_size, "last", progress,
                     "alignment: extracting last-token activations")
     return {"last": cache}
@@ -64,6 +71,8 @@ def extract_caches(model, config: AlignmentConfig, prompts: ParallelPrompts, pro
 
 def head_share_grid(shares: writer.WriterShares, n_heads: int) -> dict[str, Any]:
     """The heatmap's data: per-head shares ``[layer + 1, n_heads]`` and every other writer's share."""
+    from interp_tl.analyses import shares as writer
+
     grid = shares.head_grid(n_heads)
     others = {label: float(x) for label, x in zip(shares.labels, shares.shares) if writer.head_of(label) is None}
     return {"layer": shares.layer, "total": shares.total, "heads": [[finite_or_none(x) for x in row] for row in grid],
@@ -73,6 +82,11 @@ def head_share_grid(shares: writer.WriterShares, n_heads: int) -> dict[str, Any]
 def analyse(model, config: AlignmentConfig, prompts: ParallelPrompts, caches: dict, progress: bool = False
             ) -> StudyResult:
     """The study's statistics from its last-token cache (:func:`extract_caches`)."""
+    from interp_tl import stats
+    from interp_tl.analyses import alignment as align
+    from interp_tl.analyses import shares as writer
+    from interp_tl.cache import check_layers, split_languages
+
     layers = check_layers(model, config.layers)
     by_lang = split_languages(caches["last"], prompts.langs)
     a, b = prompts.langs

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from interp_tl import stats
-from interp_tl.analyses import embedding as emb
-from interp_tl.batching import ParallelPrompts, Tokenized, parallel_prompts
-from interp_tl.cache import extract, split_languages
 from interp_tl.figures import figure, title
 from interp_tl.prompts import is_language_text
 from interp_tl.results import StudyResult
 from interp_tl.studies.base import NullSettings, PromptSettings, Study, check_int, study_provenance
+
+if TYPE_CHECKING:
+    from interp_tl.tokens import ParallelPrompts, Tokenized
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +55,8 @@ class EmbeddingConfig(PromptSettings, NullSettings):
 
 def prepare(model, config: EmbeddingConfig) -> ParallelPrompts:
     """The problem set in the config's two languages, tokenized for ``model``."""
+    from interp_tl.tokens import parallel_prompts
+
     return parallel_prompts(model, config.n_pairs, config.seed, config.langs, config.prepend_bos)
 
 
@@ -76,6 +77,8 @@ def extract_caches(model, config: EmbeddingConfig, prompts: ParallelPrompts, pro
     ``last``: every hook at the last real token; ``mean``: the embeddings averaged over real tokens
     without BOS; ``tokens``: the embeddings at every position of the first ``n_token_problems`` problems.
     """
+    from interp_tl.cache import extract
+
     a, b = prompts.langs
     n = prompts.n
     both = prompts.stacked()
@@ -173,6 +176,10 @@ def _last_tokens(prompts: ParallelPrompts, count: int = 10) -> list[list[str]]:
 def analyse(model, config: EmbeddingConfig, prompts: ParallelPrompts, caches: dict, progress: bool = False
             ) -> StudyResult:
     """The study's statistics from its caches (:func:`extract_caches`)."""
+    from interp_tl import stats
+    from interp_tl.analyses import embedding as emb
+    from interp_tl.cache import split_languages
+
     a, b = prompts.langs
     last, mean = split_languages(caches["last"], prompts.langs), split_languages(caches["mean"], prompts.langs)
     out = emb.embedding_alignment(last[a], last[b], mean[a], mean[b], n_perms=config.n_perms,

@@ -19,21 +19,18 @@ layers (per-head W_QK / W_OV distances).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 
-from interp_tl import stats
-from interp_tl.analyses import shares as writer
-from interp_tl.analyses.jacobian import jacobian_statistics
-from interp_tl.batching import ParallelPrompts, batches, parallel_prompts, tokenize
-from interp_tl.cache import extract, split_languages
 from interp_tl.errors import BadInputError, LayerRangeError
 from interp_tl.figures import figure, layer_head_heatmap
-from interp_tl.gauge import head_invariants
 from interp_tl.results import StudyResult, finite_or_none
 from interp_tl.studies.base import PromptSettings, Study, check_int, study_provenance
+
+if TYPE_CHECKING:
+    from interp_tl.analyses import shares as writer
+    from interp_tl.tokens import ParallelPrompts
 
 Ablation = Literal["zero", "mean"]
 
@@ -78,22 +75,31 @@ def split_layer(model, layer: int | None) -> int:
 
 def prepare(model, config: HeadsConfig) -> ParallelPrompts:
     """The problem set in the config's two languages, tokenized for ``model``."""
+    from interp_tl.tokens import parallel_prompts
+
     return parallel_prompts(model, config.n_pairs, config.seed, config.langs, config.prepend_bos)
 
 
 def hooks(model, config: HeadsConfig) -> list[str]:
     """The writers of the split layer's residual (TransformerLens' decomposition needs them)."""
+    from interp_tl.analyses import shares as writer
+
     return writer.hook_names(model, split_layer(model, config.layer))
 
 
 def extract_caches(model, config: HeadsConfig, prompts: ParallelPrompts, progress: bool = False) -> dict:
     """``{"last": cache}``: the writers of both languages' prompts at their last real token."""
+    from interp_tl.cache import extract
+
     return {"last": extract(model, prompts.stacked(), hooks(model, config), config.batch_size, "last", progress,
                             "heads: extracting last-token writers")}
 
 
 def split(model, config: HeadsConfig, prompts: ParallelPrompts, caches: dict) -> writer.WriterShares:
     """:func:`interp_tl.analyses.shares.writer_shares` of the config's layer from the study's cache."""
+    from interp_tl.analyses import shares as writer
+    from interp_tl.cache import split_languages
+
     by_lang = split_languages(caches["last"], prompts.langs)
     a, b = prompts.langs
     return writer.writer_shares(by_lang[a], by_lang[b], split_layer(model, config.layer), n_perms=config.n_perms,
@@ -101,6 +107,7 @@ def split(model, config: HeadsConfig, prompts: ParallelPrompts, caches: dict) ->
 
 
 def _ablation_hook(kind: Ablation, head: int, mean: np.ndarray | None):
+    import torch
     def hook(z, hook):
         z = z.clone()
         z[:, :, head] = 0 if kind == "zero" else torch.as_tensor(mean, dtype=z.dtype, device=z.device)
@@ -115,6 +122,8 @@ def head_mean_z(model, prompts: ParallelPrompts, layer: int, head: int, batch_si
     Summed in sorted language order, so the mean (and every ablation result) does not depend on
     the order the languages are given in.
     """
+    from interp_tl.cache import extract
+
     name = f"blocks.{layer}.attn.hook_z"
     rows = []
     for lang in sorted(prompts.langs):
@@ -135,6 +144,9 @@ def ablation_effect(model, prompts: ParallelPrompts, layer: int, head: int, kind
         rankings use); and the same with the Monte Carlo z (``intact``, ``ablated``, ``delta_z``;
         ``n_perms`` pairings of ``RandomState(perm_seed)``), whose differences carry its sampling error.
     """
+    from interp_tl import stats
+    from interp_tl.cache import extract
+
     if kind not in ("zero", "mean"):
         raise BadInputError(f"unknown ablation {kind!r}: zero or mean")
     if not 0 <= head < model.cfg.n_heads:
@@ -161,6 +173,9 @@ def ablation_effect(model, prompts: ParallelPrompts, layer: int, head: int, kind
 def analyse(model, config: HeadsConfig, prompts: ParallelPrompts, caches: dict, progress: bool = False
             ) -> StudyResult:
     """The split from the study's cache, then ablations of the top heads (these run the model)."""
+    from interp_tl import stats
+    from interp_tl.analyses import shares as writer
+
     shares = split(model, config, prompts, caches)
     heads = [i for i, label in enumerate(shares.labels) if writer.head_of(label) is not None]
     top = sorted(heads, key=lambda i: -shares.shares[i])[: config.top]
@@ -228,6 +243,10 @@ def _token_class(model, token_id: int, bos: int | None) -> str:
 
 def _last_rows(model, tokens, layer: int, head: int, batch_size: int) -> dict[int, np.ndarray]:
     """Per prompt, the head's attention from the last token over the prompt's real positions."""
+    import torch
+
+    from interp_tl.batching import batches
+
     name = f"blocks.{layer}.attn.hook_pattern"
     rows: dict[int, np.ndarray] = {}
     with torch.inference_mode():
@@ -271,6 +290,11 @@ def head_report(model, head: str, config: HeadsConfig = HeadsConfig()) -> dict[s
     :func:`interp_tl.analyses.jacobian.jacobian_statistics` on 20 problems in the two languages;
     the neighbours from the per-head W_QK / W_OV distances to heads of the adjacent layers.
     """
+    from interp_tl import stats
+    from interp_tl.analyses.jacobian import jacobian_statistics
+    from interp_tl.gauge import head_invariants
+    from interp_tl.tokens import tokenize
+
     layer, h = head_in_model(model, head)
     prompts = prepare(model, config)
     shares = split(model, config, prompts, extract_caches(model, config, prompts))
@@ -341,6 +365,8 @@ def plot(result: StudyResult):
 
 def headline(result: StudyResult) -> str:
     """The gap, the head with the largest share (exact-null z) and its ablation at the split layer (exact-null Δz)."""
+    from interp_tl.analyses import shares as writer
+
     data = result.data
     heads = [w for w in data["writers"] if writer.head_of(w["name"]) is not None]
     best = max(heads, key=lambda w: w["share"])

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from interp_tl.analyses.jacobian import TABLES, check_softmax_attention, jacobian_statistics
-from interp_tl.batching import Tokenized, tokenize
 from interp_tl.errors import BadInputError
 from interp_tl.figures import figure, layer_head_heatmap, model_title
 from interp_tl.prompts import generate_problems, problem_set_id
 from interp_tl.results import StudyResult
 from interp_tl.studies.base import Study, all_languages, check_int, check_langs, study_provenance
+
+if TYPE_CHECKING:
+    from interp_tl.tokens import Tokenized
 
 LOSS = "per sequence mean next-token cross-entropy over real tokens, summed over sequences"
 
@@ -58,6 +59,8 @@ class JacobianConfig:
 
 def sequences(model, config: JacobianConfig) -> tuple[Tokenized, dict[str, Any]]:
     """The sequences (BOS handled explicitly) and where they came from."""
+    from interp_tl.tokens import tokenize
+
     if config.text_file is not None:
         try:
             lines = [x for x in Path(config.text_file).read_text("utf-8").splitlines() if x.strip()]
@@ -88,6 +91,8 @@ def run_jacobian(model, config: JacobianConfig = JacobianConfig(), progress: boo
         BadInputError: empty text, a sequence longer than the context or shorter than two
             tokens, a model without ``hook_pattern`` or with attention sinks.
     """
+    from interp_tl.analyses.jacobian import TABLES, check_softmax_attention, jacobian_statistics
+
     check_softmax_attention(model)
     tokens, source = sequences(model, config)
     tables = jacobian_statistics(model, tokens, batch_size=config.batch_size,

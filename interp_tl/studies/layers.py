@@ -36,28 +36,21 @@ layer against random matrices with the same shapes and singular values.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from interp_tl.cache import check_layers
 from interp_tl.errors import BadInputError
 from interp_tl.figures import figure
-from interp_tl.gauge import (
-    AttentionAlignment,
-    AttentionComparison,
-    AttentionWeights,
-    MLPWeights,
-    attention_weights,
-    match_neurons,
-    mlp_weights,
-    qk_constraint,
-    rotate_neurons,
-    unit,
-)
 from interp_tl.results import StudyResult
 from interp_tl.studies.base import Study, check_int, study_provenance
+
+if TYPE_CHECKING:
+    from interp_tl.gauge import (
+        AttentionAlignment,
+        AttentionComparison,
+        MLPWeights,
+    )
 
 #: The seed's block: layers 10..25 (inclusive) of a 36-layer model.
 SEED_BLOCK = (10, 25, 36)
@@ -105,6 +98,8 @@ def check_block(model, layers) -> list[int]:
         BadInputError: (one line) a layer out of range, fewer than two layers, or layers that
             are not consecutive in increasing order (``1,1``, ``3,1,2``, ``0,3``).
     """
+    from interp_tl.cache import check_layers
+
     block = check_layers(model, layers) if layers is not None else default_block(model.cfg.n_layers)
     if len(block) < 2:
         raise BadInputError(f"the block needs at least two layers, got {block}")
@@ -115,6 +110,8 @@ def check_block(model, layers) -> list[int]:
 
 def attention_structure(model, block: list[int]) -> dict[str, Any]:
     """What the attention alignments had to respect: heads, K/V groups, rotary, q/k norms."""
+    from interp_tl.gauge import qk_constraint
+
     cfg = model.cfg
     n_kv = int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
     constraints = {str(layer): qk_constraint(model, layer).summary() for layer in block}
@@ -167,6 +164,8 @@ def align_pair(model, la: int, lb: int, target: dict | None = None) -> PairAlign
     The QK transforms are restricted by layer ``la``'s rotary and q/k norms, so that applying
     an exact alignment to layer ``la`` leaves the model's function unchanged.
     """
+    from interp_tl.gauge import AttentionComparison, attention_weights, match_neurons, mlp_weights, qk_constraint
+
     wa, wb = attention_weights(model, la), (target or {}).get("attn") or attention_weights(model, lb)
     ma, mb = mlp_weights(model, la), (target or {}).get("mlp") or mlp_weights(model, lb)
     comparison = AttentionComparison(wa, wb)
@@ -183,6 +182,8 @@ def pair_distances(model, la: int, lb: int, target: dict | None = None, rotation
     "norms": {...}}``), used for the random-spectrum null. Per-head values are kept in ``heads``
     (indexed by layer ``lb``'s heads) and the head matching in ``head_match``.
     """
+    from interp_tl.gauge import rotate_neurons, unit
+
     aligned = align_pair(model, la, lb, target)
     heads = {"raw": aligned.comparison.raw(), **{m: a.residuals for m, a in aligned.attention.items()}}
     out: dict[str, Any] = {"pair": [la, lb], "attention": {}, "heads": {}}
@@ -213,6 +214,7 @@ def random_spectrum_like(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _random_target(model, layer: int, rng: np.random.Generator) -> dict[str, Any]:
+    from interp_tl.gauge import AttentionWeights, MLPWeights, attention_weights, mlp_weights
     w, m = attention_weights(model, layer), mlp_weights(model, layer)
 
     def per(stack):
@@ -301,6 +303,8 @@ def run_layers(model, config: LayersConfig = LayersConfig(), progress: bool = Fa
     Pitfall: with ``fold_ln`` the norm weights are folded into the next layer's weights; they are
     then absent (``norm_weights`` says so) and the attention / MLP weights include them.
     """
+    from tqdm.auto import tqdm
+
     folded = model.cfg.normalization_type in ("LNPre", "RMSPre")
     block = check_block(model, config.layers)
     pairs = list(zip(block[:-1], block[1:]))

@@ -35,28 +35,12 @@ from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from transformer_lens import ActivationCache
 
-from interp_tl import stats
-from interp_tl.analyses.subspace import language_subspace, stacked
-from interp_tl.batching import ParallelPrompts, tokenize
-from interp_tl.cache import check_layers, extract, split_languages
-from interp_tl.edits import (
-    MATCH_RTOL,
-    Basis,
-    MatchedBasis,
-    energy_matched_basis,
-    projected_mlp_writes,
-    removed_energy,
-    residual_basis,
-)
 from interp_tl.errors import BadInputError
 from interp_tl.figures import figure
-from interp_tl.generation import evaluate_generation, next_token_loss
 from interp_tl.prompts import (
     Problem,
     generate_problems,
@@ -67,6 +51,12 @@ from interp_tl.prompts import (
 )
 from interp_tl.results import StudyResult
 from interp_tl.studies.base import PromptSettings, Study, all_languages, check_int, study_provenance
+from interp_tl.tokens import ParallelPrompts
+
+if TYPE_CHECKING:
+    from transformer_lens import ActivationCache
+
+    from interp_tl.edits import Basis, MatchedBasis
 
 #: The seed's block: layers 9..26 of a 36-layer model.
 SEED_LAYERS = (9, 27, 36)
@@ -142,6 +132,8 @@ def default_layers(n_layers: int) -> list[int]:
 
 def edited_layers(model, config: SurgeryConfig) -> list[int]:
     """The layers the study edits (checked against the model); k checked against d_model."""
+    from interp_tl.cache import check_layers
+
     layers = check_layers(model, config.layers) if config.layers is not None else default_layers(model.cfg.n_layers)
     if not config.k < model.cfg.d_model:
         raise BadInputError(f"k = {config.k} must be between 1 and d_model - 1 = {model.cfg.d_model - 1}")
@@ -181,6 +173,8 @@ def evaluated_problems(config: SurgeryConfig) -> dict[str, list[Problem]]:
 
 def prepare(model, config: SurgeryConfig) -> FitPrompts:
     """The fit problems in every language of the config, disjoint from every evaluated problem, tokenized."""
+    from interp_tl.tokens import tokenize
+
     held = [p for problems in evaluated_problems(config).values() for p in problems]
     fit, replaced = generate_problems_excluding(config.n_pairs, config.seed, held, config.langs)
     tokens = {lang: tokenize(model, [p.prompts[lang] for p in fit], config.prepend_bos) for lang in config.langs}
@@ -206,6 +200,11 @@ def hooks(model, config: SurgeryConfig) -> list[str]:
 
 def extract_caches(model, config: SurgeryConfig, prompts: ParallelPrompts, progress: bool = False) -> dict:
     """``{"fit": cache}``: :func:`hooks` at the last real token of the fit prompts, every language (``langs`` order)."""
+    import torch
+    from transformer_lens import ActivationCache
+
+    from interp_tl.cache import extract
+
     names = list(dict.fromkeys(hooks(model, config)))
     per_lang = [extract(model, prompts.tokens[lang], names, config.batch_size, progress=progress,
                         desc=f"surgery: fitting the language subspace ({lang})") for lang in prompts.langs]
@@ -215,6 +214,8 @@ def extract_caches(model, config: SurgeryConfig, prompts: ParallelPrompts, progr
 
 def random_bases(model, layers: list[int], k: int, seed: int) -> dict[int, Basis]:
     """A random orthonormal k-dim basis per layer in the model's residual basis (the control)."""
+    from interp_tl.edits import Basis, residual_basis
+
     kind = residual_basis(model)
     out = {}
     for layer in layers:
@@ -234,6 +235,7 @@ def _mean_accuracy(results: Mapping[str, dict]) -> float:
 
 
 def _subspaces(model, config: SurgeryConfig, layers: list[int], by_lang: Mapping[str, ActivationCache]):
+    from interp_tl.analyses.subspace import language_subspace
     names = {layer: f"blocks.{layer}.{config.fit_hook}" for layer in layers}
     rule = None
     if config.min_variance is not None:
@@ -267,6 +269,8 @@ ENERGY_POSITIONS = ("blocks.L.hook_mlp_out of the unedited model at the last rea
 
 def mlp_writes(model, layers: list[int], by_lang: Mapping[str, ActivationCache]) -> dict[int, np.ndarray]:
     """Per edited layer, the MLP write at the fit positions, ``[n_fit · n_langs, d_model]`` float64."""
+    from interp_tl.analyses.subspace import stacked
+
     return {layer: stacked(by_lang, f"blocks.{layer}.hook_mlp_out").reshape(-1, model.cfg.d_model)
             for layer in layers}
 
@@ -275,6 +279,8 @@ def matched_bases(
     writes: Mapping[int, np.ndarray], language: Mapping[int, Basis], seed: int
 ) -> dict[int, MatchedBasis]:
     """Per layer an energy-matched control for the language axes (:func:`interp_tl.edits.energy_matched_basis`)."""
+    from interp_tl.edits import energy_matched_basis
+
     return {layer: energy_matched_basis(writes[layer], basis, [seed, layer, basis.k])
             for layer, basis in language.items()}
 
@@ -282,6 +288,8 @@ def matched_bases(
 def energy_report(writes: Mapping[int, np.ndarray], language: Mapping[int, Basis], random: Mapping[int, Basis],
                   matched: Mapping[int, MatchedBasis]) -> dict[str, Any]:
     """Per layer the fraction of the MLP write's energy each condition's axes remove (α = 1), and the match."""
+    from interp_tl.edits import MATCH_RTOL, removed_energy
+
     per_layer = {}
     for layer, w in writes.items():
         m = matched[layer]
@@ -304,6 +312,8 @@ def paired_tests(results: Mapping[str, Mapping[str, dict]], langs) -> tuple[dict
         ``{lang: {comparison: mcnemar}}`` and ``{"methods": {...}, "tests": {comparison:
         {"pooled": stratified McNemar, "by_problem": sign-flip by problem}}}``.
     """
+    from interp_tl import stats
+
     masks = {cond: {lang: res[lang]["correct_mask"] for lang in langs} for cond, res in results.items()}
     tests = {name: stats.paired_binary_tests(masks[before], masks[after])
              for name, (before, after) in COMPARISONS.items()}
@@ -319,6 +329,8 @@ def paired_tests(results: Mapping[str, Mapping[str, dict]], langs) -> tuple[dict
 
 
 def _sweep(model, config: SurgeryConfig, layers, problems, sweep_k, conditions, done) -> list[dict]:
+    from interp_tl.edits import projected_mlp_writes
+    from interp_tl.generation import evaluate_generation
     sweep = []
     for k in sweep_k:
         bases = conditions(k)
@@ -337,6 +349,10 @@ def _sweep(model, config: SurgeryConfig, layers, problems, sweep_k, conditions, 
 def analyse(model, config: SurgeryConfig, prompts: ParallelPrompts, caches: dict, progress: bool = False
             ) -> StudyResult:
     """Subspaces and MLP writes from the fit cache, then the edits and their evaluations (these run the model)."""
+    from interp_tl.cache import split_languages
+    from interp_tl.edits import Basis, projected_mlp_writes, residual_basis
+    from interp_tl.generation import evaluate_generation, next_token_loss
+
     layers = edited_layers(model, config)
     by_lang = split_languages(caches["fit"], prompts.langs)
     subspaces, sweep_k, dropped, config, rule = _subspaces(model, config, layers, by_lang)

@@ -93,8 +93,8 @@ def test_logits_and_hidden_states_equal_hugging_face(offline_hub, name, processi
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from interp_tl.batching import tokenize
     from interp_tl.cache import extract, layer_hook_names
+    from interp_tl.tokens import tokenize
 
     model = models.load_model(name, processing=processing)
     hf = AutoModelForCausalLM.from_pretrained(snapshot_path(offline_hub, name), dtype=torch.float32).eval()

@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from interp_tl import models
-from interp_tl.batching import tokenize
 from interp_tl.errors import ModelNotAvailableError
 from interp_tl.generation import answer_text, answer_token_losses, greedy_completions, score_answers
 from interp_tl.models import POLYGLOT_MODEL, TOY_MODEL, load_model, model_provenance, polyglot_path
 from interp_tl.prompts import CATEGORIES, generate_problems, languages
+from interp_tl.tokens import tokenize
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = REPO / "experiments" / "train_polyglot.py"

@@ -174,3 +174,15 @@ def test_results_on_stdout_progress_and_loading_on_stderr(tmp_path):
     assert all(line.startswith(("layers:", "  wrote")) for line in proc.stdout.splitlines())
     assert "interp-tl: loading interp-tl/polyglot-toy" in proc.stderr
     assert "layers: comparing layer pairs" in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["alignment", "--n-pairs", "7"], ["all", "--langs", "zh", "xx"],
+                                  ["surgery", "--alpha", "2"], ["layers", "--null-random-seed", "-1"],
+                                  ["alignment", "--out", ""]])
+def test_bad_settings_are_refused_before_torch_is_imported(args):
+    code = ("import sys\nfrom interp_tl.cli import main\nrc = main(%r)\n"
+            "assert 'torch' not in sys.modules and 'transformer_lens' not in sys.modules, 'imported'\nsys.exit(rc)"
+            % (args,))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("interp-tl: error:")

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from interp_tl.batching import Tokenized, check_lengths, tokenize
 from interp_tl.cache import check_hooks, check_layers, fused_gelu, layer_hook_names
 from interp_tl.cache import extract as extract_cache
 from interp_tl.errors import BadInputError, LayerRangeError
 from interp_tl.models import load_model
 from interp_tl.prompts import generate_problems
+from interp_tl.tokens import Tokenized, check_lengths, tokenize
 
 PAD = 256  # byte tokenizer: BOS = EOS = PAD = 256
 ATOL = 2e-5  # times the activation scale, float32

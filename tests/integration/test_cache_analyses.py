@@ -21,10 +21,10 @@ from transformer_lens.utilities.tokenize_utils import get_attention_mask
 from interp_tl.analyses import names_filter
 from interp_tl.analyses.alignment import layer_alignment
 from interp_tl.analyses.shares import add_head_results, decomposition, hook_names, writer_shares
-from interp_tl.batching import tokenize
 from interp_tl.cache import extract, last_positions, last_token, token_mean
 from interp_tl.errors import BadInputError
 from interp_tl.prompts import generate_problems
+from interp_tl.tokens import tokenize
 
 PROBLEMS = generate_problems(10, seed=5)
 LANGS = ("zh", "en")

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from interp_tl.batching import tokenize
 from interp_tl.cache import extract
 from interp_tl.edits import (
     Basis,
@@ -26,6 +25,7 @@ from interp_tl.errors import BadInputError, LayerRangeError
 from interp_tl.models import POLYGLOT_MODEL, load_model, model_provenance, process_weights
 from interp_tl.prompts import generate_problems, languages
 from interp_tl.stats import language_subspace
+from interp_tl.tokens import tokenize
 
 PROBLEMS = generate_problems(10, seed=3)
 TEXTS = [p.prompts[lang] for p in PROBLEMS[:3] for lang in ("zh", "en", "ar")]

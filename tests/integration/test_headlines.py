@@ -18,9 +18,9 @@ from transformer_lens import ActivationCache
 
 from interp_tl.analyses.alignment import layer_alignment
 from interp_tl.analyses.shares import split_gap, writer_shares
-from interp_tl.batching import ParallelPrompts
 from interp_tl.cache import split_languages
 from interp_tl.studies import STUDIES
+from interp_tl.tokens import ParallelPrompts
 
 SMALL = {"alignment": {"n_pairs": 40, "n_boot": 0, "n_perms": 200},
          "embedding": {"n_pairs": 40, "n_boot": 0, "n_perms": 200, "n_token_problems": 5},

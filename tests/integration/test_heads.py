@@ -8,7 +8,6 @@ import pytest
 import strict_json
 
 from interp_tl.analyses.shares import decomposition, split_gap
-from interp_tl.batching import parallel_prompts
 from interp_tl.cache import extract
 from interp_tl.cli import main
 from interp_tl.errors import BadInputError
@@ -19,6 +18,7 @@ from interp_tl.studies.heads import (
     head_report,
     run_heads,
 )
+from interp_tl.tokens import parallel_prompts
 
 
 def writer_parts(model, tokens, layer):

@@ -11,9 +11,10 @@ import strict_json
 import torch
 
 from interp_tl.analyses.jacobian import attention_jacobian, pattern_gradients, softmax_backward, surrogate_gradients
-from interp_tl.batching import Tokenized, batches
+from interp_tl.batching import batches
 from interp_tl.errors import BadInputError
 from interp_tl.studies.jacobian import JacobianConfig, head_jacobian, run_jacobian
+from interp_tl.tokens import Tokenized
 
 TEXTS = ["Calculate 12 + 30. 42", "计算 12 + 30 的值。 42", "C(7, 6) 의 값을 구하시오. 7", "x"]
 

@@ -86,7 +86,8 @@ def test_fold_ln_moves_only_unembed_hook_in(polyglot_model):
     ln_final's output before its (now folded) weight and bias."""
     import torch
 
-    from interp_tl.batching import batches, parallel_prompts
+    from interp_tl.batching import batches
+    from interp_tl.tokens import parallel_prompts
 
     folded = load_model(POLYGLOT_MODEL, processing="fold_ln")
     (batch,) = batches(polyglot_model, parallel_prompts(polyglot_model, 10, 42, ("zh", "en")).stacked(), 20)

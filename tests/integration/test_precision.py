@@ -10,10 +10,10 @@ import pytest
 import torch
 from hub_fixtures import QWEN2, QWEN3, half_precision_works
 
-from interp_tl.batching import tokenize
 from interp_tl.cache import extract, fused_gelu, layer_hook_names
 from interp_tl.models import POLYGLOT_MODEL, load_model, model_provenance
 from interp_tl.prompts import generate_problems
+from interp_tl.tokens import tokenize
 
 #: Largest |z(bfloat16) - z(float32)| over layers and z_pre / z_post_attn / z_post_mlp at the
 #: alignment's default n_pairs=200 (seed 42, default permutations). Measured (CPU, torch 2.13):
