@@ -175,14 +175,16 @@ def _num(value: float | None, spec: str) -> str:
 
 
 def headline(result: StudyResult) -> str:
-    """The layer where the residual after the MLP aligns most, and the Δz totals (exact-null z only: order-free)."""
+    """Where the two languages align most, and what attention and the MLPs add, in exact-null z (order-free)."""
     data = result.data
     rows = data["layer_results"]
     zs = [r["z_exact_post_mlp"] for r in rows]
     best = max(range(len(zs)), key=lambda i: -np.inf if zs[i] is None else zs[i])
     s = data["summary"]
-    return (f"max z_exact_post_mlp {_num(zs[best], '.2f')} at layer {rows[best]['layer']}; total dz_exact attn "
-            f"{_num(s['total_dz_exact_attn'], '+.2f')}, mlp {_num(s['total_dz_exact_mlp'], '+.2f')}")
+    a, b = sorted(data.get("languages", ["a", "b"]))  # the order the languages were given does not matter
+    return (f"{a} and {b} last-token residuals align most after layer {rows[best]['layer']} "
+            f"(exact-null z {_num(zs[best], '.1f')}); summed over layers, attention changes the alignment by "
+            f"{_num(s['total_dz_exact_attn'], '+.1f')} z and the MLPs by {_num(s['total_dz_exact_mlp'], '+.1f')}")
 
 
 STUDY = Study(

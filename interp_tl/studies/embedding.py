@@ -253,12 +253,14 @@ def plot(result: StudyResult):
 
 
 def headline(result: StudyResult) -> str:
-    """Exact-null z of the raw last-token embedding against layer 0's output, and their difference."""
+    """How aligned the raw embeddings already are, and layer 0's output, in exact-null z."""
     data = result.data
-    shown = [f"{v:.2f}" if v is not None else "n/a"
-             for v in (data["z_exact_raw_embed_last_token"], data["z_exact_l0_output_last_token"],
-                       data["delta_exact_l0_minus_embed"])]
-    return f"z_exact embed (last) {shown[0]}; layer-0 output (last) {shown[1]}; delta {shown[2]}"
+
+    def z(value) -> str:
+        return "undefined (no spread)" if value is None else f"{value:.1f}"
+
+    return (f"last-token embeddings align with exact-null z {z(data['z_exact_raw_embed_last_token'])}; "
+            f"after layer 0 {z(data['z_exact_l0_output_last_token'])}")
 
 
 STUDY = Study(

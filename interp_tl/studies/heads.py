@@ -364,19 +364,21 @@ def plot(result: StudyResult):
 
 
 def headline(result: StudyResult) -> str:
-    """The gap, the head with the largest share (exact-null z) and its ablation at the split layer (exact-null Δz)."""
+    """How much of the gap the MLPs and the heads carry, the head with the largest share and its ablation."""
     from interp_tl.analyses import shares as writer
 
     data = result.data
     heads = [w for w in data["writers"] if writer.head_of(w["name"]) is not None]
+    mlps = sum(w["share"] for w in data["writers"] if w["name"].endswith("_mlp_out"))
     best = max(heads, key=lambda w: w["share"])
     z = "n/a" if best["z_exact"] is None else f"{best['z_exact']:.1f}"
-    text = (f"alignment gap {data['total']:.4f} at layer {data['layer']}; top head {best['name']} "
-            f"share {best['share']:.4f} (z_exact {z})")
+    text = (f"of the alignment gap {data['total']:.4f} after layer {data['layer']}, the MLPs carry {mlps:.4f} and "
+            f"all heads {sum(w['share'] for w in heads):.4f}; the largest head share is {best['name']}'s "
+            f"{best['share']:.4f} (exact-null z {z})")
     ablation = data["ablations"].get(best["name"])
     if ablation and ablation["delta_z_exact"][-1] is not None:
-        text += (f"; {ablation['ablation']}-ablated: dz_exact {ablation['delta_z_exact'][-1]:+.2f} "
-                 f"at layer {data['layer']}")
+        text += (f"; {ablation['ablation']}-ablating it moves the exact-null z at layer {data['layer']} by "
+                 f"{ablation['delta_z_exact'][-1]:+.2f}")
     return text
 
 

@@ -134,9 +134,10 @@ def plot(result: StudyResult):
 
 
 def headline(result: StudyResult) -> str:
-    """The mean over heads of the research script's three numbers."""
+    """How close the diagonal and straight-through surrogates come to the full softmax backward, on average."""
     s = result.data["summary"]
-    return f"mean over heads: cos_diag {s['cos_diag']:.3f}, cos_ste {s['cos_ste']:.3f}, r_diag {s['r_diag']:.3f}"
+    return (f"averaged over heads, the diagonal-only softmax backward has cosine {s['cos_diag']:.2f} to the full "
+            f"one and {s['r_diag']:.2f} of its squared norm; straight-through has cosine {s['cos_ste']:.2f}")
 
 
 STUDY = Study(

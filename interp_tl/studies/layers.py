@@ -363,11 +363,20 @@ def plot(result: StudyResult):
 
 
 def headline(result: StudyResult) -> str:
-    """The closest and farthest weight families under the true symmetries."""
+    """Whether adjacent layers are closer than the nulls, family by family, and by how much at most."""
     data = result.data
     family = data["family_stats"]
-    low, high = data["ranking"][0], data["ranking"][-1]
-    return f"block {data['block']}: closest {low} {family[low]['mean']:.3f}, farthest {high} {family[high]['mean']:.3f}"
+    nulls = [n["family_stats"] for n in data["nulls"].values() if n.get("family_stats")]
+    block = f"{data['block'][0]}-{data['block'][-1]}"
+    gaps = {k: 1 - family[k]["mean"] / min(null[k]["mean"] for null in nulls) for k in data["ranking"]
+            if all(null[k]["mean"] > 0 for null in nulls)}
+    closer = [k for k, gap in gaps.items() if gap > 0]
+    if not closer:
+        return f"layers {block}: adjacent layers are no closer than the nulls in any of {len(gaps)} weight families"
+    top = max(closer, key=gaps.get)
+    return (f"layers {block}: adjacent layers are closer than both nulls in {len(closer)} of {len(gaps)} weight "
+            f"families, by at most {100 * gaps[top]:.1f}% ({top}: {family[top]['mean']:.3f} against "
+            f"{min(null[top]['mean'] for null in nulls):.3f})")
 
 
 STUDY = Study(

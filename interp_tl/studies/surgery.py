@@ -328,10 +328,16 @@ def paired_tests(results: Mapping[str, Mapping[str, dict]], langs) -> tuple[dict
     return per_lang, pooled
 
 
-def _sweep(model, config: SurgeryConfig, layers, problems, sweep_k, conditions, done) -> list[dict]:
+def _sweep(model, config: SurgeryConfig, layers, problems, sweep_k, conditions, done, progress: bool = False
+           ) -> list[dict]:
+    from tqdm.auto import tqdm
+
     from interp_tl.edits import projected_mlp_writes
     from interp_tl.generation import evaluate_generation
+
     sweep = []
+    bar = tqdm(total=len(sweep_k) * len(config.sweep_alpha) * 3, desc="surgery: dose-response sweep (k x alpha)",
+               unit="edit", disable=not progress, leave=False)
     for k in sweep_k:
         bases = conditions(k)
         for alpha in config.sweep_alpha:
@@ -343,6 +349,8 @@ def _sweep(model, config: SurgeryConfig, layers, problems, sweep_k, conditions, 
                                                   config.batch_size, config.prepend_bos)
                 sweep.append({"k": k, "alpha": alpha, "subspace": name, "mean_accuracy": _mean_accuracy(res),
                               "accuracy": {lang: r["accuracy"] for lang, r in res.items()}})
+                bar.update()
+    bar.close()
     return sweep
 
 
@@ -382,12 +390,15 @@ def analyse(model, config: SurgeryConfig, prompts: ParallelPrompts, caches: dict
     edits = {"baseline": nullcontext(), "surgery": main["language"], "random_control": main["random"],
              "energy_matched_control": main["energy_matched"]}
     results, losses = {}, {}
-    for cond in CONDITIONS:
+    from tqdm.auto import tqdm
+
+    for cond in tqdm(CONDITIONS, desc="surgery: generating (baseline, surgery, controls)", unit="condition",
+                     disable=not progress, leave=False):
         edit = edits[cond] if cond == "baseline" else projected_mlp_writes(model, layers, edits[cond], config.alpha)
         results[cond], losses[cond] = evaluate(edit, cond)
     done = {(config.k, config.alpha, name): results[cond] for name, cond in
             (("language", "surgery"), ("random", "random_control"), ("energy_matched", "energy_matched_control"))}
-    sweep = _sweep(model, config, layers, problems, sweep_k, conditions, done)
+    sweep = _sweep(model, config, layers, problems, sweep_k, conditions, done, progress)
     per_lang, pooled = paired_tests(results, config.langs)
     data = {
         "experiment": "kernel_surgery",
@@ -450,7 +461,7 @@ def plot(result: StudyResult):
     conditions = [(key, labels[key]) for key in CONDITIONS if key in data]
     langs = [r["lang"] for r in data["baseline"]]
     x = np.arange(len(langs))
-    fig = figure((15, 4))
+    fig = figure((15, 5))
     ax_acc, ax_lang, ax_sweep = fig.subplots(1, 3)
     width = 0.8 / len(conditions)
     for i, (key, label) in enumerate(conditions):
@@ -467,16 +478,23 @@ def plot(result: StudyResult):
     if all(r["lang_preservation"]["preserved"] is None for key, _ in conditions for r in data[key]):
         ax_lang.text(0.5, 0.5, "no output has letters\n(answers are digits only)", ha="center", va="center",
                      transform=ax_lang.transAxes, fontsize=8)
-    for kind, style in (("language", "-"), ("random", "--"), ("energy_matched", ":")):
-        for alpha in sorted({s["alpha"] for s in data["sweep"]}):
+    colours = {"language": "tab:orange", "random": "tab:green", "energy_matched": "tab:red"}
+    alphas = sorted({s["alpha"] for s in data["sweep"]}, reverse=True)
+    styles = dict(zip(alphas, ("-", "--", ":", "-.")))
+    for kind, colour in colours.items():
+        for alpha in alphas:
             pts = sorted((s["k"], s["mean_accuracy"]) for s in data["sweep"]
                          if s["subspace"] == kind and s["alpha"] == alpha)
             if pts:
-                ax_sweep.plot(*zip(*pts), style, marker="o", ms=3, label=f"{kind.replace('_', '-')} α={alpha:g}")
+                ax_sweep.plot(*zip(*pts), styles.get(alpha, "-"), color=colour, marker="o", ms=3,
+                              label=f"{kind.replace('_', '-')} axes, α={alpha:g}")
     ax_sweep.axhline(data["summary"]["baseline_mean_accuracy"], color="k", lw=0.8, label="baseline")
+    ks = sorted({s["k"] for s in data["sweep"]})
     ax_sweep.set(ylim=(0, 1.05), xscale="log", xlabel="k (axes removed per layer)", ylabel="mean accuracy",
                  title="dose-response")
-    ax_sweep.legend(fontsize=6)
+    ax_sweep.set_xticks(ks, [str(k) for k in ks])
+    ax_sweep.minorticks_off()
+    ax_sweep.legend(fontsize=6, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
     model = result.provenance["model"]
     fig.suptitle(f"{model['name']} ({model['processing']}), layers {data['surgery_layers']}, "
                  f"k={data['n_lang_dims']}, α={data['alpha']:g}, {data['n_test_problems']} problems", fontsize=9)
@@ -484,16 +502,18 @@ def plot(result: StudyResult):
 
 
 def headline(result: StudyResult) -> str:
-    """Mean accuracy of the baseline, the surgery and both controls; pooled exact p of the surgery against two."""
+    """What removing the language axes does to accuracy, against both controls, with the pooled exact p."""
     data = result.data
     s = data["summary"]
     pooled = data["paired_tests_pooled"]["tests"]
-    return (f"mean accuracy baseline {s['baseline_mean_accuracy']:.3f}, surgery {s['surgery_mean_accuracy']:.3f}, "
-            f"random control {s['random_control_mean_accuracy']:.3f}, energy-matched control "
-            f"{s['energy_matched_control_mean_accuracy']:.3f}; pooled exact p surgery vs baseline "
-            f"{pooled['surgery_vs_baseline']['pooled']['p_value']:.3g}, vs energy-matched "
-            f"{pooled['surgery_vs_energy_matched']['pooled']['p_value']:.3g} (layers {data['surgery_layers']}, "
-            f"k={data['n_lang_dims']})")
+    layers = data["surgery_layers"]
+    where = f"layers {layers[0]}-{layers[-1]}" if len(layers) > 1 else f"layer {layers[0]}"
+    return (f"removing {data['n_lang_dims']} language axes from the MLP writes of {where}: mean accuracy "
+            f"{s['baseline_mean_accuracy']:.3f} -> {s['surgery_mean_accuracy']:.3f} (pooled exact p "
+            f"{pooled['surgery_vs_baseline']['pooled']['p_value']:.2g}); random axes "
+            f"{s['random_control_mean_accuracy']:.3f}, energy-matched axes "
+            f"{s['energy_matched_control_mean_accuracy']:.3f} (p vs surgery "
+            f"{pooled['surgery_vs_energy_matched']['pooled']['p_value']:.2g})")
 
 
 STUDY = Study(

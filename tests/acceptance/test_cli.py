@@ -27,7 +27,7 @@ def test_alignment_writes_json_png_and_the_cache(tmp_path, capsys):
     assert meta["model"]["weights_fingerprint"] == prov["model"]["weights_fingerprint"]
     assert caches["last"]["blocks.3.hook_resid_pre"].shape == (20, 1, 128)  # zh then en, last token
     assert (tmp_path / "alignment.png").read_bytes()[:4] == b"\x89PNG"
-    assert "alignment: max z_exact_post_mlp" in capsys.readouterr().out
+    assert "alignment: en and zh last-token residuals align most after layer" in capsys.readouterr().out
     # the saved cache gives the same numbers without running the model
     again = tmp_path / "again"
     assert main(["alignment", *FAST, "--out", str(again), "--layers", "0-1,3", "--from-activations",

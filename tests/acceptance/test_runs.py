@@ -170,7 +170,7 @@ def test_results_on_stdout_progress_and_loading_on_stderr(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "interp_tl.cli", "layers", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[0].startswith("layers: block")
+    assert proc.stdout.splitlines()[0].startswith("layers: layers ")
     assert all(line.startswith(("layers:", "  wrote")) for line in proc.stdout.splitlines())
     assert "interp-tl: loading interp-tl/polyglot-toy" in proc.stderr
     assert "layers: comparing layer pairs" in proc.stderr
