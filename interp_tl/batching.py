@@ -76,7 +76,8 @@ class Batch:
 
 
 def batches(
-    model, tokens: Tokenized, batch_size: int = 32, progress: bool = False, desc: str = "batches"
+    model, tokens: Tokenized, batch_size: int = 32, progress: bool = False, desc: str = "batches",
+    shard: bool = False,
 ) -> Iterator[Batch]:
     """Length-sorted, left-padded, masked batches of ``tokens`` on the model's device.
 
@@ -86,6 +87,9 @@ def batches(
         batch_size: prompts per batch.
         progress: show a tqdm bar over batches.
         desc: the bar's label, in words.
+        shard: under ``torchrun``, yield only this process's share of the batches (every
+            ``world_size``-th, from its rank; :mod:`interp_tl.distributed`); the batches themselves
+            are the single process's.
 
     Raises:
         BadInputError: batch size below 1, no prompts, an empty or too long prompt.
@@ -94,6 +98,11 @@ def batches(
     lengths = tokens.lengths
     pad = pad_id(model, tokens)
     chunks = length_sorted_batches(lengths, batch_size)
+    if shard:
+        from interp_tl.distributed import active, my_chunks
+
+        chunks = [chunks[i] for i in my_chunks(len(chunks))]
+        progress = progress and (active() is None or active().is_main)
     for rows in tqdm(chunks, desc=desc, disable=not progress, unit="batch", leave=False):
         toks, mask = left_pad([tokens.ids[i] for i in rows], pad, model.cfg.device)
         yield Batch(rows, toks, mask, lengths[rows])

@@ -44,6 +44,7 @@ from transformer_lens import ActivationCache
 from transformer_lens.utilities.activation_functions import gelu_new
 
 from interp_tl.batching import batches
+from interp_tl.distributed import combine
 from interp_tl.errors import BadInputError, LayerRangeError, ProvenanceMismatchError
 from interp_tl.files import atomic_write
 from interp_tl.tokens import Tokenized, check_lengths
@@ -216,21 +217,22 @@ def extract(
     hooks = list(fwd_hooks) + [(lambda name: name in wanted, collector.hook)]
     stop = _stop_layer(model, hook_names)
     with torch.inference_mode(), fused_gelu(model):
-        for batch in batches(model, tokens, batch_size, progress, desc):
+        for batch in batches(model, tokens, batch_size, progress, desc, shard=True):
             weights = batch.attention_mask
             if reduce == "mean":
                 weights = _mean_weights(weights, batch.lengths, tokens.prepend_bos)
             collector.start_batch(batch.rows, weights)
             model.run_with_hooks(batch.tokens, attention_mask=batch.attention_mask, return_type=None,
                                  stop_at_layer=stop, fwd_hooks=hooks)
-    missing = [name for name in hook_names if name not in collector.out]
+    out = combine(collector.out, hook_names, len(tokens))  # under torchrun: every rank's rows, on every rank
+    missing = [name for name in hook_names if name not in out]
     if missing:
         raise BadInputError(
             f"hook {missing[0]!r} exists but never ran in this model's forward pass "
             "(e.g. hook_attn_in needs use_attn_in, hook_result needs use_attn_result)"
         )
     # clone outside inference mode: callers get ordinary tensors
-    return ActivationCache({name: collector.out[name].clone() for name in hook_names}, model)
+    return ActivationCache({name: out[name].clone() for name in hook_names}, model)
 
 
 def padded_mask(tokens: Tokenized) -> Int[torch.Tensor, "n_prompts max_len"]:

@@ -20,6 +20,7 @@ import sys
 import types
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from interp_tl import __version__
@@ -395,12 +396,41 @@ def run(args: argparse.Namespace, emit=print) -> None:
     """
     chosen = configs(args)
     _check_activation_flags(args)
-    from interp_tl.report import Staging, check_out_dir
+    from interp_tl.report import check_out_dir
 
     check_out_dir(args.out)
-    from interp_tl.models import check_devices, load_model, model_config
-    from interp_tl.studies import STUDIES
+    from interp_tl import distributed
 
+    ctx, args.device = distributed.setup(args.device)
+    try:
+        _run_checked(args, chosen, ctx, emit)
+    finally:
+        distributed.teardown()
+
+
+class _NoFiles:
+    """Where a rank other than 0 of a ``torchrun`` run writes: nowhere."""
+
+    def __init__(self, out):
+        self.out = Path(out)
+
+    def __enter__(self) -> _NoFiles:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        return None
+
+    def commit(self, files) -> list:
+        return []
+
+
+def _run_checked(args: argparse.Namespace, chosen: dict[str, Any], ctx, emit) -> None:
+    from interp_tl.models import check_devices, load_model, model_config
+    from interp_tl.report import Staging
+
+    main_rank = ctx is None or ctx.is_main
+    if not main_rank:
+        emit, args.quiet = (lambda line: None), True
     if args.study == "head":
         from interp_tl.studies.heads import parse_head
 
@@ -412,43 +442,82 @@ def run(args: argparse.Namespace, emit=print) -> None:
               file=sys.stderr)
     model = load_model(args.model, args.processing, args.dtype, args.device, n_devices=args.n_devices)
     identity = run_identity(args, chosen)
-    with Staging(args.out) as staging:
+    if ctx is not None:
+        identity = {**identity, "distributed": ctx.record()}
+    with (Staging(args.out) if main_rank else _NoFiles(args.out)) as staging:
         if args.study == "head":
             lines, files = _run_head(args, model, chosen["head"])
             for line in [*lines, *[f"  wrote {p}" for p in staging.commit(files)]]:
                 emit(line)
-            return
-        for name, config in chosen.items():
-            study = STUDIES[name]
-            result, files = run_one(study, model, config, args, identity)
-            paths = staging.commit(files)
-            emit(f"{name}: {study.headline(result)}")
-            for path in paths:
-                emit(f"  wrote {path}")
-            if args.study == "all" or (staging.out / "index.json").exists():
-                from interp_tl.report import write_index
+        else:
+            _run_studies(args, chosen, model, identity, staging, emit, main_rank)
 
-                write_index(staging.out)  # never describes files that are not there, even if interrupted
-        if args.study == "all" or (staging.out / "index.json").exists():
-            emit(f"  wrote {staging.out / 'index.md'}")
+
+def _run_studies(args, chosen: dict[str, Any], model, identity, staging, emit, main_rank: bool) -> None:
+    from interp_tl.report import write_index
+    from interp_tl.studies import STUDIES
+
+    indexed = main_rank and (args.study == "all" or (staging.out / "index.json").exists())
+    for name, config in chosen.items():
+        study = STUDIES[name]
+        result, files = run_one(study, model, config, args, identity)
+        paths = staging.commit(files)
+        emit(f"{name}: {study.headline(result)}")
+        for path in paths:
+            emit(f"  wrote {path}")
+        if indexed:
+            write_index(staging.out)  # never describes files that are not there, even if interrupted
+    if indexed:
+        emit(f"  wrote {staging.out / 'index.md'}")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (e.g. torchrun stopping the other processes of a failed run), raised to unwind."""
+
+
+def _terminated(signum, frame) -> None:
+    raise _Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``interp-tl`` console script."""
+    """Entry point of the ``interp-tl`` console script.
+
+    Under ``torchrun`` only rank 0 prints; a rank that fails says why in one line (no traceback),
+    torchrun stops the others (they unwind quietly, so staging folders are removed), and nothing
+    partial is written.
+    """
+    import os
+    import signal
+
     args = build_parser().parse_args(argv)
+    rank = os.environ.get("RANK", "0")
+    distributed = os.environ.get("WORLD_SIZE", "1") not in ("", "1")
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         run(args)
     except InterpTLError as exc:
-        print(f"interp-tl: error: {exc}", file=sys.stderr)
+        if rank == "0":
+            print(f"interp-tl: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except _Terminated:
+        if not distributed:
+            print("interp-tl: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("interp-tl: interrupted", file=sys.stderr)
+        if rank == "0":
+            print("interp-tl: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `interp-tl ... | head`: the reader left; files are complete
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:  # noqa: BLE001 - a distributed run reports a failed rank in one line
+        if not distributed:
+            raise
+        print(f"interp-tl: error: rank {rank} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+              file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
