@@ -284,13 +284,17 @@ def lm_loss(model, text: str = TEXT) -> float:
 def refuse_untrained(model, name: str) -> None:
     """Refuse to record goldens of a model that looks untrained.
 
-    Embedded models (``interp-tl/...``) are exempt: toy-random is random on purpose.
+    The embedded models as :func:`interp_tl.models.load_model` made them (and edits of them) are
+    exempt: toy-random is random on purpose, polyglot-toy is trained on the problem set, not on
+    English prose. A model built by the caller is judged whatever its ``cfg.model_name``.
 
     Raises:
         BadInputError: the loss on :data:`TEXT` is above :func:`max_trained_loss` (a model trained on
             other text than English prose may need ``allow_untrained``).
     """
-    if name.startswith(EMBEDDED_PREFIX):
+    from interp_tl.models import PROCESSING, model_provenance
+
+    if name.startswith(EMBEDDED_PREFIX) and model_provenance(model)["processing"] in PROCESSING:
         return
     loss, bound = lm_loss(model), max_trained_loss(model.cfg.d_vocab)
     if not loss <= bound:
