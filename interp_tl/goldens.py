@@ -395,13 +395,17 @@ def compare(recorded: Mapping[str, Any], current: Mapping[str, Any], atol: float
         (undefined), and None matches only None.
 
     Raises:
-        BadInputError: a tolerance for a statistic the file does not have, or a negative tolerance.
+        BadInputError: a tolerance for a statistic the file does not have, a key other than atol and
+            rtol, or a negative tolerance.
     """
     tolerances = dict(tolerances or {})
     known = set(recorded["alignment"]) | set(recorded["embedding"])
     unknown = sorted(set(tolerances) - known)
     if unknown:
         raise BadInputError(f"tolerances for unknown statistics {unknown}; the file has {sorted(known)}")
+    keys = sorted({key for own in tolerances.values() for key in own} - {"atol", "rtol"})
+    if keys:
+        raise BadInputError(f"a statistic's tolerance takes only atol and rtol, got {keys}")
     values = [atol, rtol] + [v for own in tolerances.values() for v in own.values()]
     if not all(isinstance(v, (int, float)) and v >= 0 for v in values):
         raise BadInputError(f"tolerances must be non-negative numbers, got atol={atol!r}, rtol={rtol!r}, "
