@@ -179,6 +179,15 @@ def compute(model, settings: GoldenSettings = GoldenSettings()) -> dict[str, Any
     }
 
 
+def sample_positions(numel: int, size: int = SAMPLE_SIZE) -> list[int]:
+    """``min(size, numel)`` distinct positions evenly spaced over ``[0, numel)``, first and last included.
+
+    Integer arithmetic: float32 positions would round past the end of tensors above 2^24 entries.
+    """
+    count = min(size, numel)
+    return [i * (numel - 1) // max(count - 1, 1) for i in range(count)]
+
+
 def weights_sample(model, size: int = SAMPLE_SIZE) -> dict[str, dict[str, Any]]:
     """``{parameter: {"shape": [...], "values": [...]}}``: ``size`` evenly spaced values of each parameter."""
     import torch
@@ -186,7 +195,7 @@ def weights_sample(model, size: int = SAMPLE_SIZE) -> dict[str, dict[str, Any]]:
     out = {}
     for name, param in sorted(model.named_parameters()):
         flat = param.detach().reshape(-1)
-        index = torch.linspace(0, flat.numel() - 1, min(size, flat.numel())).round().long().to(flat.device)
+        index = torch.tensor(sample_positions(flat.numel(), size), dtype=torch.long, device=flat.device)
         out[name] = {"shape": list(param.shape), "values": flat[index].to(torch.float64).cpu().tolist()}
     return out
 

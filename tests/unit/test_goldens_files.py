@@ -160,3 +160,12 @@ def test_settings_are_validated():
 def test_untrained_bound():
     assert goldens.max_trained_loss(50257) == goldens.MAX_TRAINED_LOSS
     assert goldens.max_trained_loss(257) == pytest.approx(0.75 * math.log(257))
+
+
+def test_sample_positions_are_distinct_and_in_range():
+    assert goldens.sample_positions(1) == [0] and goldens.sample_positions(3) == [0, 1, 2]
+    assert goldens.sample_positions(10, 4) == [0, 3, 6, 9]
+    big = 38597376  # GPT-2's W_E: float32 positions would round to 38597376, one past the end
+    positions = goldens.sample_positions(big)
+    assert positions[0] == 0 and positions[-1] == big - 1 and len(set(positions)) == 8
+    assert all(0 < b - a <= big // 7 + 1 for a, b in zip(positions, positions[1:]))
