@@ -128,6 +128,11 @@ class GoldenSettings:
         out["langs"] = list(self.langs)
         return out
 
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> GoldenSettings:
+        """Settings from :meth:`as_dict` (or a goldens file's ``settings``)."""
+        return cls(**{**values, "langs": tuple(values["langs"])})
+
 
 class Difference(NamedTuple):
     """One compared statistic: ``layer`` is None for the embedding statistics; None values are undefined z."""
@@ -323,7 +328,7 @@ def document(model, name: str, processing: str, settings: GoldenSettings = Golde
     Keys in file order: format, model, settings, layers, alignment, embedding, versions, weights_sample.
     """
     head = header(model, name, processing, settings) if head is None else head
-    statistics = compute(model, GoldenSettings(**head["settings"]))
+    statistics = compute(model, GoldenSettings.from_dict(head["settings"]))
     return {"format": head["format"], "model": head["model"], "settings": head["settings"], **statistics,
             "versions": head["versions"], "weights_sample": head["weights_sample"]}
 
