@@ -392,6 +392,32 @@ def _row(statistic: str, layer: int | None, want: float | None, got: float | Non
     return Difference(statistic, layer, want, got, diff, tol, math.isfinite(diff) and abs(diff) <= tol)
 
 
+def check_tolerances(atol: float, rtol: float, tolerances: Mapping[str, Mapping[str, float]],
+                     known: set[str] | None = None) -> None:
+    """Refuse tolerances that are negative, not numbers, or for statistics that are not pinned.
+
+    Args:
+        atol: absolute tolerance.
+        rtol: relative tolerance.
+        tolerances: per statistic, ``{"z_post_mlp": {"atol": 0.01, "rtol": 0}}``.
+        known: the statistics they may name (default: every pinned statistic).
+
+    Raises:
+        BadInputError: what is wrong, in one line.
+    """
+    known = set(ALIGNMENT_STATISTICS) | set(EMBEDDING_STATISTICS) if known is None else known
+    unknown = sorted(set(tolerances) - known)
+    if unknown:
+        raise BadInputError(f"tolerances for unknown statistics {unknown}; the statistics are {sorted(known)}")
+    keys = sorted({key for own in tolerances.values() for key in own} - {"atol", "rtol"})
+    if keys:
+        raise BadInputError(f"a statistic's tolerance takes only atol and rtol, got {keys}")
+    values = [atol, rtol] + [v for own in tolerances.values() for v in own.values()]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise BadInputError(f"tolerances must be non-negative numbers, got atol={atol!r}, rtol={rtol!r}, "
+                            f"tolerances={dict(tolerances)!r}")
+
+
 def compare(recorded: Mapping[str, Any], current: Mapping[str, Any], atol: float = DEFAULT_ATOL,
             rtol: float = DEFAULT_RTOL, tolerances: Mapping[str, Mapping[str, float]] | None = None
             ) -> list[Difference]:
@@ -413,17 +439,7 @@ def compare(recorded: Mapping[str, Any], current: Mapping[str, Any], atol: float
             rtol, or a negative tolerance.
     """
     tolerances = dict(tolerances or {})
-    known = set(recorded["alignment"]) | set(recorded["embedding"])
-    unknown = sorted(set(tolerances) - known)
-    if unknown:
-        raise BadInputError(f"tolerances for unknown statistics {unknown}; the file has {sorted(known)}")
-    keys = sorted({key for own in tolerances.values() for key in own} - {"atol", "rtol"})
-    if keys:
-        raise BadInputError(f"a statistic's tolerance takes only atol and rtol, got {keys}")
-    values = [atol, rtol] + [v for own in tolerances.values() for v in own.values()]
-    if not all(isinstance(v, (int, float)) and v >= 0 for v in values):
-        raise BadInputError(f"tolerances must be non-negative numbers, got atol={atol!r}, rtol={rtol!r}, "
-                            f"tolerances={tolerances!r}")
+    check_tolerances(atol, rtol, tolerances, set(recorded["alignment"]) | set(recorded["embedding"]))
     out = []
     for statistic, wants in recorded["alignment"].items():
         tol = _tolerance(statistic, atol, rtol, tolerances)

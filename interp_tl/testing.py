@@ -24,6 +24,7 @@ plugin costs nothing in other test sessions of the same environment.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,7 @@ class ZRegression:
         __tracebackhide__ = True
         from pytest_regressions.common import perform_regression_check
 
+        goldens.check_tolerances(atol, rtol, tolerances or {})
         model, name, processing = resolve_model(model, processing)
         head = goldens.header(model, name, processing, settings)
         recorded, refusal, note = None, None, None
@@ -129,6 +131,9 @@ class ZRegression:
             failed = [row for row in rows if not row.ok]
             if failed:
                 raise AssertionError(failure_message(name, expected, failed, len(rows), note))
+            if note:
+                warnings.warn(f"z_regression of {name!r}: all {len(rows)} statistics within tolerance, but {note}",
+                              UserWarning, stacklevel=2)
 
         perform_regression_check(datadir=self.tmp_path, original_datadir=self.original_datadir,
                                  request=self.request, check_fn=check_fn, dump_fn=lambda p: goldens.write(now, p),

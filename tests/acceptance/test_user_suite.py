@@ -68,6 +68,12 @@ def test_record_pass_perturb_refuse(suite):
 
     run(suite).assert_outcomes(passed=2)
 
+    use_variant(suite, "mymodel_nudged.py")
+    nudged = run(suite)
+    nudged.assert_outcomes(passed=2, warnings=1)
+    nudged.stdout.fnmatch_lines(["*UserWarning: z_regression of 'interp-tl/polyglot-toy': all 32 statistics within "
+                                 "tolerance, but the weights changed since recording (fingerprint *"])
+
     use_variant(suite, "mymodel_perturbed.py")
     moved = run(suite)
     moved.assert_outcomes(passed=1, failed=1)
@@ -112,3 +118,18 @@ def test_force_regen_and_the_untrained_refusal(suite):
     refused.stdout.fnmatch_lines(["*refusing to record goldens of *: loss * nats/token on English text, "
                                   "above * (untrained weights?)*"])
     run(suite, "-k", "my_model").assert_outcomes(failed=1)  # the perturbed model's goldens were kept
+
+
+def test_bad_tolerances_are_refused_before_anything_is_recorded(pytester):
+    pytester.makepyfile(test_tol="""
+def test_typo(z_regression):
+    z_regression.check("interp-tl/toy-random", tolerances={"z_post_mpl": {"atol": 0.1}})
+
+def test_negative(z_regression):
+    z_regression.check("interp-tl/toy-random", atol=-1e-3)
+""")
+    result = run(pytester)
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines_random(["*z_regression: tolerances for unknown statistics ?'z_post_mpl'?; *",
+                                        "*z_regression: tolerances must be non-negative numbers, got atol=-0.001*"])
+    assert not (pytester.path / "test_tol").exists()

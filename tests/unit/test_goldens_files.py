@@ -169,3 +169,11 @@ def test_sample_positions_are_distinct_and_in_range():
     positions = goldens.sample_positions(big)
     assert positions[0] == 0 and positions[-1] == big - 1 and len(set(positions)) == 8
     assert all(0 < b - a <= big // 7 + 1 for a, b in zip(positions, positions[1:]))
+
+
+def test_check_tolerances_knows_every_pinned_statistic():
+    goldens.check_tolerances(0.0, 0.0, {"z_exact_post_mlp": {"rtol": 1e-3}, "z_raw_embed_mean_no_bos": {}})
+    with pytest.raises(BadInputError, match="unknown statistics"):
+        goldens.check_tolerances(1e-3, 0.0, {"z_post_mpl": {"atol": 1.0}})
+    with pytest.raises(BadInputError, match="non-negative numbers"):
+        goldens.check_tolerances(1e-3, 0.0, {"z_pre": {"atol": True}})
