@@ -177,3 +177,19 @@ def test_check_tolerances_knows_every_pinned_statistic():
         goldens.check_tolerances(1e-3, 0.0, {"z_post_mpl": {"atol": 1.0}})
     with pytest.raises(BadInputError, match="non-negative numbers"):
         goldens.check_tolerances(1e-3, 0.0, {"z_pre": {"atol": True}})
+
+
+@pytest.mark.slow
+def test_the_plugin_says_what_is_missing_without_pytest_regressions(pytester, monkeypatch):
+    """A fresh process in which pytest_regressions cannot be imported (a shadow package that refuses)."""
+    import os
+
+    shadow = pytester.mkdir("shadow") / "pytest_regressions"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('not installed')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(shadow.parent), os.environ.get("PYTHONPATH", "")]))
+    pytester.makepyfile(test_x="def test_x(z_regression):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:regressions", "-p", "interp_tl.testing", "-p", "no:cacheprovider",
+                                           "-q", "test_x.py")
+    result.assert_outcomes(errors=1)  # in the fixture's set-up
+    result.stdout.fnmatch_lines(["*z_regression needs pytest-regressions: pip install 'interp_tl?testing?'*"])
