@@ -13,8 +13,8 @@ parameter) and the library versions. :func:`check_compatible` refuses a file rec
 weights that moved less (one edited weight, a fine-tune, a change in how weights are loaded or
 converted) are compared, not refused: catching such changes is what the goldens are for.
 :func:`compare` then checks every recorded number two-sided, ``|now - golden| <= atol + rtol·|golden|``,
-and :func:`failure_table` prints the misses as one table. :func:`record` refuses to record a hub
-model whose weights look untrained (:func:`refuse_untrained`).
+and :func:`failure_table` prints the misses as one table. :func:`record` refuses to record a model
+whose weights look untrained (:func:`refuse_untrained`; the embedded models are exempt).
 
 The pytest fixture built on this is ``z_regression`` (:mod:`interp_tl.testing`); the project's own
 files are recorded with ``python experiments/record_goldens.py --model NAME``.

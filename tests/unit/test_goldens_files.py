@@ -176,7 +176,14 @@ def test_check_tolerances_knows_every_pinned_statistic():
     with pytest.raises(BadInputError, match="unknown statistics"):
         goldens.check_tolerances(1e-3, 0.0, {"z_post_mpl": {"atol": 1.0}})
     with pytest.raises(BadInputError, match="non-negative numbers"):
-        goldens.check_tolerances(1e-3, 0.0, {"z_pre": {"atol": True}})
+        goldens.check_tolerances(1e-3, 0.0, {"z_pre": {"atol": -1.0}})
+
+
+@pytest.mark.wrong_types
+def test_check_tolerances_refuses_what_is_not_a_number():
+    for bad in (True, "0.1", None):
+        with pytest.raises(BadInputError, match="non-negative numbers"):
+            goldens.check_tolerances(1e-3, 0.0, {"z_pre": {"atol": bad}})
 
 
 @pytest.mark.slow
