@@ -1,11 +1,14 @@
-"""Record regression goldens (per-layer alignment z, embedding z) for one model.
+"""Record regression goldens (per-layer alignment z, embedding z) for one model, as the tests compare them.
 
-    python experiments/record_goldens.py --model interp-tl/toy-random   # always possible, offline
-    python experiments/record_goldens.py --model gpt2                   # needs GPT-2 small's real weights
+    python experiments/record_goldens.py --model interp-tl/polyglot-toy   # always possible, offline
+    python experiments/record_goldens.py --model gpt2                     # needs GPT-2 small's real weights
 
-writes ``tests/goldens/<name>.json``. Goldens of hub models are refused when the weights look
-untrained (next-token loss on a fixed English text above 6 nats/token; GPT-2 small gets ~3-4):
-a GPT-2-shaped random model must never become GPT-2 goldens.
+writes ``tests/goldens/<name>.json`` with the default settings of :class:`interp_tl.goldens.GoldenSettings`
+(what ``z_regression.check(..., fullpath=...)`` in tests/integration/test_alignment.py compares).
+The same file is written by ``python -m pytest tests/integration/test_alignment.py -k goldens --regen-all``.
+Goldens of hub models are refused when the weights look untrained (next-token loss on a fixed English
+text above 6 nats/token; GPT-2 small gets ~3-4): a GPT-2-shaped random model must never become
+GPT-2 goldens.
 """
 
 from __future__ import annotations
@@ -14,21 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from interp_tl import goldens
 from interp_tl.errors import InterpTLError
 from interp_tl.models import load_model
-
-TEXT = ("The quick brown fox jumps over the lazy dog. In the beginning of the year, the city council "
-        "met to discuss the budget for schools, roads and public parks.")
-MAX_TRAINED_LOSS = 6.0
-
-
-def lm_loss(model) -> float:
-    """Mean next-token loss (nats) of the model on :data:`TEXT`."""
-    with torch.inference_mode():
-        return float(model(TEXT, return_type="loss"))
 
 
 def golden_path(name: str) -> Path:
@@ -38,16 +29,11 @@ def golden_path(name: str) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
+    parser.add_argument("--out", type=Path, help="goldens file to write (default tests/goldens/<name>.json)")
     args = parser.parse_args()
+    path = args.out or golden_path(args.model)
     try:
         model = load_model(args.model, processing="none")
-        if not args.model.startswith("interp-tl/"):
-            loss = lm_loss(model)
-            if loss > MAX_TRAINED_LOSS:
-                print(f"refusing: {args.model} has loss {loss:.2f} nats/token on English text (untrained weights?)",
-                      file=sys.stderr)
-                return 2
-        path = golden_path(args.model)
         goldens.record(model, args.model, path)
     except InterpTLError as exc:
         print(f"record_goldens: error: {exc}", file=sys.stderr)

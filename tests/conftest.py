@@ -14,6 +14,11 @@ from __future__ import annotations
 import pytest
 import small_models
 
+# The package's pytest plugin (the z_regression fixture), as a user enables it without the entry point;
+# pytester runs the user-style suite in tests/user_suite/, which is collected only there.
+pytest_plugins = ["interp_tl.testing", "pytester"]
+collect_ignore = ["user_suite"]
+
 
 @pytest.fixture(scope="session")
 def make_model():
