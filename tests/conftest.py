@@ -14,9 +14,9 @@ from __future__ import annotations
 import pytest
 import small_models
 
-# The package's pytest plugin (the z_regression fixture), as a user enables it without the entry point;
-# pytester runs the user-style suite in tests/user_suite/, which is collected only there.
-pytest_plugins = ["interp_tl.testing", "pytester"]
+# The package's own pytest plugin (the z_regression fixture) comes from its pytest11 entry point
+# (`pip install -e .`); pytester runs the user-style suite in tests/user_suite/, collected only there.
+pytest_plugins = ["pytester"]
 collect_ignore = ["user_suite"]
 
 

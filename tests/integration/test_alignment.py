@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 from seed_reference import seeds_matched_vs_scrambled_z
 
-from interp_tl import goldens
 from interp_tl.analyses.alignment import layer_alignment
 from interp_tl.cache import from_arrays, load_caches, save_caches, split_languages
-from interp_tl.errors import BadInputError, LayerRangeError, ModelNotAvailableError
+from interp_tl.errors import BadInputError, LayerRangeError
 from interp_tl.studies.alignment import AlignmentConfig, extract_caches, prepare, run_alignment
 
 GOLDENS = Path(__file__).parents[1] / "goldens"
@@ -165,29 +164,3 @@ def test_bad_input(toy_model):
         acts = _hook_dict(_synthetic()["zh"])
         zeroed = {**acts, "blocks.0.hook_attn_out": np.zeros_like(acts["blocks.0.hook_attn_out"])}
         alignment_from_arrays(zeroed, acts, [0])
-
-
-def test_default_model_goldens(z_regression, polyglot_model):
-    """Per-layer z of the trained offline default model, interp-tl/polyglot-toy, through the package's plugin."""
-    z_regression.check(polyglot_model, fullpath=GOLDENS / goldens.file_name("interp-tl/polyglot-toy"))
-
-
-def test_toy_goldens(z_regression, toy_model):
-    """Per-layer z of the random-weight toy model (checks the machinery on byte tokens)."""
-    z_regression.check(toy_model, fullpath=GOLDENS / goldens.file_name("interp-tl/toy-random"))
-
-
-def test_gpt2_goldens(z_regression, request):
-    """GPT-2 small regression: recorded with `python experiments/record_goldens.py --model gpt2` (or --regen-all)."""
-    path = GOLDENS / goldens.file_name("gpt2")
-    regen = request.config.getoption("force_regen") or request.config.getoption("regen_all")
-    if not path.exists() and not regen:
-        pytest.skip("no GPT-2 goldens: record them where GPT-2 small's real weights are available with "
-                    "`python experiments/record_goldens.py --model gpt2`")
-    from interp_tl.models import load_model
-
-    try:
-        model = load_model("gpt2", processing="none")
-    except ModelNotAvailableError as exc:
-        pytest.skip(f"GPT-2 small's weights are not available here: {exc}")
-    z_regression.check(model, fullpath=path)
