@@ -45,7 +45,13 @@ def run(pytester, *args):
 
 
 def table_rows(lines):
-    """(statistic, layer) of every row of the one failure table in pytest's output."""
+    """(statistic, layer) of every row of the one failure table in pytest's report of the failure.
+
+    The short test summary after it is left out: on CI (the CI variable set) pytest repeats the
+    whole message there instead of its first line.
+    """
+    end = next((i for i, line in enumerate(lines) if "short test summary info" in line), len(lines))
+    lines = lines[:end]
     start = next(i for i, line in enumerate(lines) if fnmatch(line, TABLE_HEADER))
     rows = []
     for line in lines[start + 1:]:
