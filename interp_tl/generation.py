@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import einops
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -73,7 +75,7 @@ def greedy_completions(
     check_lengths(model, tokens)
     generate = _greedy_cached if use_cache else _greedy_uncached
     out: list[list[int]] = [[] for _ in tokens.ids]
-    with torch.inference_mode(), fused_gelu(model):
+    with copy_free_attention(model) if use_cache else nullcontext(), torch.inference_mode(), fused_gelu(model):
         for batch in batches(model, tokens, batch_size):
             for row, ids in zip(batch.rows, generate(model, batch, max_new_tokens, eos)):
                 out[row] = ids[: ids.index(eos)] if eos in ids else ids
@@ -93,6 +95,50 @@ def _greedy_uncached(model, batch: Batch, max_new_tokens: int, eos: int) -> list
         if bool(done.all()):
             break
     return new.tolist()
+
+
+def _laid_out(param: torch.Tensor, pattern: str, shape: str, axes: tuple[int, ...], **sizes: int) -> torch.Tensor:
+    """``param``'s values as a strided view of a contiguous buffer in the layout ``pattern`` gives."""
+    buffer = einops.rearrange(param.data, pattern).contiguous()
+    return buffer.view(*(sizes[axis] for axis in shape.split())).permute(*axes)
+
+
+@contextmanager
+def copy_free_attention(model) -> Iterator[int]:
+    """Within the block, attention weights are stored in the layout the forward pass puts them in.
+
+    TransformerLens 3.9 rearranges ``W_Q``, ``W_K``, ``W_V`` to ``[(head d_head), d_model]`` and
+    ``W_O`` to ``[d_model, (head d_head)]`` on every forward call, a copy of each (at GPT-2 small
+    a fifth of a one-token decoding step). Here each of those Parameters (``_W_K``, ``_W_V`` under
+    grouped-query attention) holds, for the duration, a strided view of a buffer already in that
+    layout: the same values, the same matrix products bit for bit, and the rearrangement becomes
+    a view. The original storage is put back on exit, also when the body raises. Models whose
+    attention reads the weights otherwise (split QKV input, ``attn_in``, per-head results,
+    4-bit) are left alone. Yields the number of weights laid out.
+
+    Pitfall: a weight edited in place inside the block is edited in the buffer and lost on exit.
+    """
+    cfg = model.cfg
+    skip = cfg.use_split_qkv_input or cfg.use_attn_in or cfg.use_attn_result or getattr(cfg, "load_in_4bit", False)
+    swapped: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+    try:
+        for block in [] if skip else model.blocks:
+            params = dict(block.attn.named_parameters(recurse=False))
+            for name in ("W_Q", "W_K", "W_V", "_W_K", "_W_V"):
+                if name in params and params[name].dim() == 3:
+                    h, dm, dh = params[name].shape
+                    view = _laid_out(params[name], "h m d -> (h d) m", "h d m", (0, 2, 1), h=h, d=dh, m=dm)
+                    swapped.append((params[name], params[name].data))
+                    params[name].data = view
+            if "W_O" in params and params["W_O"].dim() == 3:
+                h, dh, dm = params["W_O"].shape
+                view = _laid_out(params["W_O"], "h d m -> m (h d)", "m h d", (1, 2, 0), h=h, d=dh, m=dm)
+                swapped.append((params["W_O"], params["W_O"].data))
+                params["W_O"].data = view
+        yield len(swapped)
+    finally:
+        for param, data in swapped:
+            param.data = data
 
 
 class _LastLogits:

@@ -126,3 +126,26 @@ def test_budget_errors(make_model):
         greedy_completions(model, tokens, 0)
     with pytest.raises(BadInputError, match="over the context"):
         greedy_completions(model, tokens, model.cfg.n_ctx)
+
+
+@pytest.mark.parametrize("kind", ["ln", "rms"])
+def test_copy_free_attention_changes_no_number_and_restores_the_weights(make_model, kind):
+    """Inside: the same weights and bit-identical logits; after (also after an error): the original storage."""
+    from interp_tl.generation import copy_free_attention
+
+    model = make_model(kind, seed=7)
+    tokens = tokenize(model, TEXTS[:3])
+    toks = torch.tensor([tokens.ids[0]])
+    before = {name: (p.data, p.data.clone(), p.data.stride()) for name, p in model.named_parameters()}
+    with torch.inference_mode():
+        want = model(toks)
+    with copy_free_attention(model) as laid_out, torch.inference_mode():
+        assert laid_out == 4 * model.cfg.n_layers  # Q, K, V (the K/V groups under GQA) and O of every layer
+        moved = [n for n, p in model.named_parameters() if p.data.data_ptr() != before[n][0].data_ptr()]
+        assert len(moved) == laid_out and all(torch.equal(p, before[n][1]) for n, p in model.named_parameters())
+        assert torch.equal(model(toks), want)
+    with pytest.raises(RuntimeError, match="inside"), copy_free_attention(model):
+        raise RuntimeError("inside")
+    for name, p in model.named_parameters():
+        data, values, stride = before[name]
+        assert p.data.data_ptr() == data.data_ptr() and p.data.stride() == stride and torch.equal(p.data, values)
