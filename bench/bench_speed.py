@@ -22,8 +22,10 @@ What runs (each part interleaved: baseline, candidate, then the other order in t
    ``head_shares=False``. Each timed from model load to written files. Imports are timed
    separately in fresh interpreters (``import torch, transformers`` + interp_tl's prompts for
    the research way; ``import interp_tl.cli`` + ``interp_tl.studies`` for interp_tl) and added
-   for the whole-process figure. Peak memory: the real CLI (``interp-tl alignment ...``, default
-   flags and ``--no-head-shares``) as a child process per size, ``ru_maxrss`` from ``wait4``.
+   for the whole-process figure. Peak memory: the same interp_tl run (default flags and
+   ``head_shares=False``) as a fresh child process per size, timed end to end, reading its own
+   ``VmHWM``: the peak of the whole process, and the study's peak above the loaded model (the
+   high-water mark reset after ``load_model`` and ``malloc_trim``).
 2. **extraction vs FLOP floor**, from the default interp_tl runs: forward matmul FLOPs of the
    prompts (per prompt of T tokens and per layer ``2 T (4 d^2 + 2 d d_mlp) + 4 T^2 d``: Q, K, V,
    O, the MLP's two matrices, scores and weighted values; embeddings, norms, GELU, softmax not
@@ -118,19 +120,21 @@ def timed(fn, *args, **kwargs) -> tuple[float, Any]:
 
 
 def run_child(cmd: list[str]) -> dict[str, Any]:
-    """Run ``cmd`` to completion; wall time, the child's peak RSS (``wait4``) and its last line of output."""
+    """Run ``cmd`` to completion; its wall time and last line of output.
+
+    Peak memory is read by the child itself (``VmHWM``): ``ru_maxrss`` from ``wait4`` would hold
+    this process's RSS at the fork (Linux folds the pre-exec address space's high-water mark into it).
+    """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=os.environ.copy())
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run(cmd, stdout=out, stderr=err, env=os.environ.copy(), check=False)
         wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         if proc.returncode != 0:
             sys.exit(f"child failed: {' '.join(cmd)}\n{err.read().decode(errors='replace')[-3000:]}")
         lines = out.read().decode().strip().splitlines()
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "last_line": lines[-1] if lines else ""}
+    return {"wall_s": wall, "last_line": lines[-1] if lines else ""}
 
 
 # ----------------------------------------------------------------------------- alignment
@@ -193,8 +197,9 @@ def memory_child(n: int, head_shares: bool, out: str) -> None:
     config = AlignmentConfig(n_pairs=n, head_shares=head_shares)
     prompts = STUDY.prepare(model, config)
     write_result(STUDY.analyse(model, config, prompts, STUDY.extract(model, config, prompts)), out)
-    print(json.dumps({"load_peak_rss_mb": load_peak, "after_load_rss_mb": after_load,
-                      "study_peak_above_load_mb": rss_mb("VmHWM") - after_load}))
+    study_peak = rss_mb("VmHWM")
+    print(json.dumps({"peak_rss_mb": max(load_peak, study_peak), "load_peak_rss_mb": load_peak,
+                      "after_load_rss_mb": after_load, "study_peak_above_load_mb": study_peak - after_load}))
 
 
 def layer_flops(T: int, d: int, d_mlp: int) -> int:

@@ -45,7 +45,7 @@ def alignment_table(doc: dict[str, Any]) -> list[str]:
     rows.append(f"Whole process = the run in the benchmark's process (model load, extraction, statistics, files; "
                 f"minimum of {doc['reps']}) plus the imports timed in a fresh interpreter: research way "
                 f"{_s(imports['research'])}, interp-tl {_s(imports['interp_tl'])}. Peak RSS: the same run as a "
-                f"fresh child process (`ru_maxrss`, loading GPT-2 included), and above the loaded model "
+                f"fresh child process (its `VmHWM`, loading GPT-2 included), and above the loaded model "
                 f"(peak reset after `load_model` and `malloc_trim`).")
     whole = ", ".join(f"{_s(summary[f'alignment_{n}']['child_whole_process_s'])} at {n:,} pairs" for n in sizes)
     rows.append(f"The child processes, timed end to end once each (default flags): {whole}.")
@@ -93,9 +93,10 @@ def targets_table(doc: dict[str, Any]) -> list[str]:
     return rows
 
 
-def render(doc: dict[str, Any]) -> str:
+def render(doc: dict[str, Any], source: str) -> str:
+    """The generated block for the result ``doc`` read from ``source`` (a path relative to the repository)."""
     m = doc["machine"]
-    lines = [BEGIN, "",
+    lines = [BEGIN, f"<!-- source: {source} -->", "",
              f"Measured {doc['started']} with `{doc['command']}` (minimum of {doc['reps']} interleaved repetitions; "
              f"load average {doc['loadavg_start'][0]:.2f} at start, {doc['loadavg_end'][0]:.2f} at end; "
              f"{m['cpus']} CPUs, torch {m['torch']} with {m['torch_threads']} threads, "
@@ -113,6 +114,13 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def block_source(text: str) -> str | None:
+    """The JSON a doc's generated block was rendered from (None when the block is empty)."""
+    head = text[text.index(BEGIN) + len(BEGIN):text.index(END)]
+    marker = "<!-- source: "
+    return head.split(marker, 1)[1].split(" -->", 1)[0] if marker in head else None
+
+
 def replace_block(text: str, block: str) -> str:
     start, end = text.index(BEGIN), text.index(END) + len(END) + 1
     return text[:start] + block + text[end:]
@@ -124,10 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
     ap.add_argument("--check", action="store_true", help="exit 1 if the doc's block is not this JSON's rendering")
     args = ap.parse_args(argv)
-    doc = json.loads(Path(args.json).read_text())
+    source = Path(args.json).resolve()
+    doc = json.loads(source.read_text())
     path = Path(args.doc)
     text = path.read_text()
-    new = replace_block(text, render(doc))
+    name = source.relative_to(ROOT).as_posix() if source.is_relative_to(ROOT) else str(source)
+    new = replace_block(text, render(doc, name))
     if args.check:
         if new != text:
             print(f"{path} is not the rendering of {args.json}: run python bench/render_benchmarks.py {args.json}")

@@ -145,9 +145,11 @@ class _LastLogits:
     """What ``HookedTransformer.forward`` does after the last block, for the positions given.
 
     ``ln_final`` (when the model has one), the unembed with its two hook points, and the logit
-    soft cap: the same operations as the forward pass (tested equal to ``model(tokens)[:, -1]``),
-    except that the unembed's transposed weight is made contiguous once per generation instead
-    of on every call (TransformerLens 3.9 copies ``W_U`` there, 154 MB at GPT-2's vocabulary).
+    soft cap: the operations of TransformerLens 3.9's forward pass (the cached path's tokens are
+    tested against the uncached path, which calls the model itself), except that the unembed's
+    transposed weight is made contiguous once per generation instead of on every call
+    (``Unembed.forward`` copies ``W_U`` there, 154 MB at GPT-2's vocabulary). A subclass of
+    ``Unembed`` is called as it is.
     """
 
     def __init__(self, model):
