@@ -1,4 +1,4 @@
-"""Baseline for bench/bench_alignment.py: the seeds' attn_vs_ffn_alignment.py, ported to HF GPT-2.
+"""Baseline for bench/bench_speed.py: the seeds' attn_vs_ffn_alignment.py, ported to HF GPT-2.
 
 This is NOT interp_tl code and not a way to compute results: it reproduces, as closely as the
 model change allows, how the research seed ``shared/seeds/attn_vs_ffn_alignment.py`` did the
@@ -17,7 +17,8 @@ What changed from the seed, and why:
   the same texts interp_tl runs), so both sides of the benchmark see identical prompts. GPT-2's
   tokenizer adds no BOS, as the seed ran Qwen without one.
 * ``--out`` replaces the hard-coded ``output/`` folder; ``--timings`` optionally writes the time of
-  each phase as JSON (the benchmark's breakdown); ``--n-pairs`` for quick tests.
+  each phase as JSON; ``--n-pairs`` for quick tests. :func:`run` is the same study as a function
+  (model load to saved files), which the benchmark times in its own process.
 
 Everything else (hooks, per-prompt loop, ``.squeeze(0)[-1].float().numpy()``, 5 z-scores per layer
 with ``n_perms=500`` and the permutation loop, norms, summary, JSON and compressed npz) follows the
@@ -60,30 +61,42 @@ def matched_vs_scrambled_z(zh, en, n_perms=1000):
 
 
 def main():
-    """Run the seed's alignment study on GPT-2, one prompt at a time."""
+    """Run the seed's alignment study on GPT-2, one prompt at a time (the command line)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="gpt2")
     ap.add_argument("--n-pairs", type=int, default=200)
     ap.add_argument("--out", required=True, help="output folder (the seed's output/)")
     ap.add_argument("--timings", default=None, help="write the time of each phase here as JSON")
     args = ap.parse_args()
-    output_dir = Path(args.out)
+    marks = {"imports": _T_IMPORTS - _T0, **run(args.model, args.n_pairs, Path(args.out))}
+    marks["total_in_process"] = time.perf_counter() - _T0
+    if args.timings:
+        Path(args.timings).write_text(json.dumps(marks, indent=2))
+
+
+def run(model_name, n_pairs, output_dir, verbose=True):
+    """The seed's study from model load to saved files; returns the seconds of each phase.
+
+    ``bench/bench_speed.py`` calls this in its own process, interleaved with interp_tl's run.
+    """
+    say = print if verbose else (lambda *a, **k: None)
+    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    marks = {"imports": _T_IMPORTS - _T0}
+    marks = {}
 
     t = time.perf_counter()
-    print(f"Loading {args.model}...")
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    say(f"Loading {model_name}...")
+    tokenizer = AutoTokenizer.from_pretrained(model_name)
+    model = AutoModelForCausalLM.from_pretrained(model_name, dtype=torch.float32)
     model.eval()
     n_layers = model.config.num_hidden_layers
     d = model.config.hidden_size
-    print(f"Model: {n_layers} layers, d={d}")
+    say(f"Model: {n_layers} layers, d={d}")
     marks["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
     problems = [{"zh": p.prompts["zh"], "en": p.prompts["en"]}
-                for p in generate_problems(args.n_pairs, 42, ("zh", "en"))]
+                for p in generate_problems(n_pairs, 42, ("zh", "en"))]
     N = len(problems)
 
     attn_outputs = {}  # layer_idx -> last_token attn correction
@@ -123,8 +136,8 @@ def main():
     en_mlp_delta = {l: np.zeros((N, d), dtype=np.float32) for l in range(n_layers)}
     en_h_pre = {l: np.zeros((N, d), dtype=np.float32) for l in range(n_layers)}
 
-    print(f"\nExtracting {N} Chinese problems...")
-    for i, prob in enumerate(tqdm(problems, desc="zh")):
+    say(f"\nExtracting {N} Chinese problems...")
+    for i, prob in enumerate(tqdm(problems, desc="zh", disable=not verbose)):
         inputs = tokenizer(prob["zh"], return_tensors="pt").to(model.device)
         with torch.no_grad():
             model(**inputs)
@@ -136,8 +149,8 @@ def main():
         attn_outputs.clear()
         mlp_outputs.clear()
 
-    print(f"Extracting {N} English problems...")
-    for i, prob in enumerate(tqdm(problems, desc="en")):
+    say(f"Extracting {N} English problems...")
+    for i, prob in enumerate(tqdm(problems, desc="en", disable=not verbose)):
         inputs = tokenizer(prob["en"], return_tensors="pt").to(model.device)
         with torch.no_grad():
             model(**inputs)
@@ -155,11 +168,11 @@ def main():
 
     # ========== ANALYSIS ==========
     t = time.perf_counter()
-    print("\n" + "=" * 70)
-    print("ANALYSIS: Attention vs FFN Contribution to Cross-Lingual Alignment")
-    print("=" * 70)
+    say("\n" + "=" * 70)
+    say("ANALYSIS: Attention vs FFN Contribution to Cross-Lingual Alignment")
+    say("=" * 70)
     results = {
-        "model": args.model,
+        "model": model_name,
         "n_problems": N,
         "n_layers": n_layers,
         "hidden_size": d,
@@ -203,27 +216,27 @@ def main():
             marker += " *** ATTN"
         if abs(dz_mlp) > 1.5:
             marker += " *** MLP"
-        print(f" L{l:2d}: z_pre={z_pre:5.1f} → +attn={dz_attn:+5.1f} → +mlp={dz_mlp:+5.1f} → z_post={z_post_mlp:5.1f}"
+        say(f" L{l:2d}: z_pre={z_pre:5.1f} → +attn={dz_attn:+5.1f} → +mlp={dz_mlp:+5.1f} → z_post={z_post_mlp:5.1f}"
               f" | attn_alone={z_attn_alone:5.1f} mlp_alone={z_mlp_alone:5.1f}"
               f" | norms: pre={pre_norm_zh:.0f} attn={attn_norm_zh:.0f} mlp={mlp_norm_zh:.0f}{marker}")
     results["layer_results"] = layer_results
 
-    print("\n" + "=" * 70)
-    print("SUMMARY")
-    print("=" * 70)
+    say("\n" + "=" * 70)
+    say("SUMMARY")
+    say("=" * 70)
     total_dz_attn = sum(r["dz_attn"] for r in layer_results)
     total_dz_mlp = sum(r["dz_mlp"] for r in layer_results)
-    print(f"\n Total Δz from attention: {total_dz_attn:+.1f}")
-    print(f" Total Δz from MLP: {total_dz_mlp:+.1f}")
-    print(f" Ratio attn/mlp: {total_dz_attn/total_dz_mlp:.2f}" if total_dz_mlp != 0 else " MLP Δz is zero")
+    say(f"\n Total Δz from attention: {total_dz_attn:+.1f}")
+    say(f" Total Δz from MLP: {total_dz_mlp:+.1f}")
+    say(f" Ratio attn/mlp: {total_dz_attn/total_dz_mlp:.2f}" if total_dz_mlp != 0 else " MLP Δz is zero")
     attn_dominant = sum(1 for r in layer_results if r["dz_attn"] > r["dz_mlp"] and r["dz_attn"] > 0.5)
     mlp_dominant = sum(1 for r in layer_results if r["dz_mlp"] > r["dz_attn"] and r["dz_mlp"] > 0.5)
-    print(f"\n Layers where attention dominates: {attn_dominant}/{n_layers}")
-    print(f" Layers where MLP dominates: {mlp_dominant}/{n_layers}")
+    say(f"\n Layers where attention dominates: {attn_dominant}/{n_layers}")
+    say(f" Layers where MLP dominates: {mlp_dominant}/{n_layers}")
     attn_aligned = sum(1 for r in layer_results if r["z_attn_correction_alone"] > 3.0)
     mlp_aligned = sum(1 for r in layer_results if r["z_mlp_correction_alone"] > 3.0)
-    print(f"\n Layers with cross-lingual attn corrections (z>3): {attn_aligned}/{n_layers}")
-    print(f" Layers with cross-lingual MLP corrections (z>3): {mlp_aligned}/{n_layers}")
+    say(f"\n Layers with cross-lingual attn corrections (z>3): {attn_aligned}/{n_layers}")
+    say(f" Layers with cross-lingual MLP corrections (z>3): {mlp_aligned}/{n_layers}")
     results["summary"] = {
         "total_dz_attn": total_dz_attn,
         "total_dz_mlp": total_dz_mlp,
@@ -238,7 +251,7 @@ def main():
     outpath = output_dir / "attn_vs_ffn_alignment.json"
     with open(outpath, "w") as f:
         json.dump(results, f, indent=2)
-    print(f"\nSaved to {outpath}")
+    say(f"\nSaved to {outpath}")
     save_dict = {}
     for l in range(n_layers):
         save_dict[f"zh_attn_delta_L{l}"] = zh_attn_delta[l]
@@ -247,12 +260,11 @@ def main():
         save_dict[f"en_mlp_delta_L{l}"] = en_mlp_delta[l]
     npz_path = output_dir / "attn_mlp_deltas.npz"
     np.savez_compressed(npz_path, **save_dict)
-    print(f"Saved raw deltas to {npz_path} ({npz_path.stat().st_size / 1e6:.1f} MB)")
+    say(f"Saved raw deltas to {npz_path} ({npz_path.stat().st_size / 1e6:.1f} MB)")
     marks["save"] = time.perf_counter() - t
-    marks["total_in_process"] = time.perf_counter() - _T0
+    return marks
 
-    if args.timings:
-        Path(args.timings).write_text(json.dumps(marks, indent=2))
+
 
 
 if __name__ == "__main__":

@@ -156,7 +156,9 @@ class _Collector:
     def _keep(self, name: str, kept: torch.Tensor) -> None:
         kept = _stored(kept)
         if name not in self.out:
-            self.out[name] = torch.zeros((self.n, *kept.shape[1:]), dtype=kept.dtype)
+            # an ordinary tensor (the hooks run in inference mode): returned as it is, never copied
+            with torch.inference_mode(False):
+                self.out[name] = torch.zeros((self.n, *kept.shape[1:]), dtype=kept.dtype)
         self.out[name][self.rows] = kept
 
 
@@ -231,8 +233,9 @@ def extract(
             f"hook {missing[0]!r} exists but never ran in this model's forward pass "
             "(e.g. hook_attn_in needs use_attn_in, hook_result needs use_attn_result)"
         )
-    # clone outside inference mode: callers get ordinary tensors
-    return ActivationCache({name: out[name].clone() for name in hook_names}, model)
+    # ordinary tensors, never copied; a tensor made in inference mode (by another path) is cloned out of it
+    return ActivationCache({name: out[name].clone() if out[name].is_inference() else out[name]
+                            for name in hook_names}, model)
 
 
 def padded_mask(tokens: Tokenized) -> Int[torch.Tensor, "n_prompts max_len"]:

@@ -3,23 +3,33 @@
 The format is the one the embedded model was trained on: ``[BOS] prompt`` then ``" " answer
 [EOS]``, the prompt and the answer tokenized separately (so the prompt's tokens are exactly the
 ones every study reads). Generation is batched and left-padded with an attention mask
-(:func:`interp_tl.batching.batches`), and stops at EOS or after ``max_new_tokens``.
+(:func:`interp_tl.batching.batches`), and stops at EOS or after ``max_new_tokens``. It keeps a
+key-value cache (TransformerLens' ``TransformerLensKeyValueCache``): the prompt is run once and
+every step after runs one token, rows leaving the batch as they reach EOS; ``use_cache=False``
+re-runs the whole sequence at every step, the reference the cached path is tested against
+token for token.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import einops
 import numpy as np
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
+from transformer_lens import TransformerLensKeyValueCache
+from transformer_lens.components import Unembed
+from transformer_lens.utilities import apply_softcap
 from transformer_lens.utilities.lm_utils import lm_cross_entropy_loss
 
-from interp_tl.batching import batches
+from interp_tl.batching import Batch, batches
 from interp_tl.cache import fused_gelu
 from interp_tl.errors import BadInputError
 from interp_tl.langid import LABELS, identify_language
@@ -33,7 +43,7 @@ def answer_text(answer: int) -> str:
 
 
 def greedy_completions(
-    model, tokens: Tokenized, max_new_tokens: int = 8, batch_size: int = 64
+    model, tokens: Tokenized, max_new_tokens: int = 8, batch_size: int = 64, use_cache: bool = True
 ) -> list[list[int]]:
     """Greedy continuation of every prompt, cut at the first EOS (which is not included).
 
@@ -42,12 +52,16 @@ def greedy_completions(
         tokens: prompts from :func:`interp_tl.tokens.tokenize`.
         max_new_tokens: most tokens generated per prompt.
         batch_size: prompts per forward pass.
+        use_cache: keep every layer's keys and values (TransformerLens'
+            ``TransformerLensKeyValueCache``) and run one new token per step; False re-runs the
+            whole sequence at every step (the reference: the same tokens, tested).
 
     Returns:
         per prompt, in input order, the generated token ids.
 
-    Pitfall: no KV cache; every step re-runs the whole sequence, fine for answers of a few
-    tokens, slow for long generations.
+    Pitfall: forward hooks the caller has attached (``model.hooks(...)``) see, with the cache,
+    only the new position at each step after the first; a hook that reads or edits the prompt's
+    other positions acts on those once, when the prompt is run.
     """
     eos = model.tokenizer.eos_token_id
     if eos is None:
@@ -60,21 +74,140 @@ def greedy_completions(
             f"prompt plus {max_new_tokens} new tokens is {longest} tokens, over the context of {model.cfg.n_ctx}"
         )
     check_lengths(model, tokens)
+    generate = _greedy_cached if use_cache else _greedy_uncached
     out: list[list[int]] = [[] for _ in tokens.ids]
-    with torch.inference_mode(), fused_gelu(model):
+    with copy_free_attention(model) if use_cache else nullcontext(), torch.inference_mode(), fused_gelu(model):
         for batch in batches(model, tokens, batch_size):
-            rows, toks, mask = batch.rows, batch.tokens, batch.attention_mask
-            new = torch.empty((len(rows), 0), dtype=torch.long, device=toks.device)
-            done = torch.zeros(len(rows), dtype=torch.bool, device=toks.device)
-            for _ in range(max_new_tokens):
-                logits = model(torch.cat([toks, new], 1), attention_mask=torch.cat([mask, torch.ones_like(new)], 1))
-                nxt = logits[:, -1].argmax(-1)
-                new = torch.cat([new, nxt[:, None]], 1)
-                done |= nxt == eos
-                if bool(done.all()):
-                    break
-            for row, ids in zip(rows, new.tolist()):
+            for row, ids in zip(batch.rows, generate(model, batch, max_new_tokens, eos)):
                 out[row] = ids[: ids.index(eos)] if eos in ids else ids
+    return out
+
+
+def _greedy_uncached(model, batch: Batch, max_new_tokens: int, eos: int) -> list[list[int]]:
+    """The reference: every step runs the prompt and all generated tokens again."""
+    toks, mask = batch.tokens, batch.attention_mask
+    new = torch.empty((len(batch.rows), 0), dtype=torch.long, device=toks.device)
+    done = torch.zeros(len(batch.rows), dtype=torch.bool, device=toks.device)
+    for _ in range(max_new_tokens):
+        logits = model(torch.cat([toks, new], 1), attention_mask=torch.cat([mask, torch.ones_like(new)], 1))
+        nxt = logits[:, -1].argmax(-1)
+        new = torch.cat([new, nxt[:, None]], 1)
+        done |= nxt == eos
+        if bool(done.all()):
+            break
+    return new.tolist()
+
+
+def _laid_out(param: torch.Tensor, pattern: str, shape: str, axes: tuple[int, ...], **sizes: int) -> torch.Tensor:
+    """``param``'s values as a strided view of a contiguous buffer in the layout ``pattern`` gives."""
+    buffer = einops.rearrange(param.data, pattern).contiguous()
+    return buffer.view(*(sizes[axis] for axis in shape.split())).permute(*axes)
+
+
+@contextmanager
+def copy_free_attention(model) -> Iterator[int]:
+    """Within the block, attention weights are stored in the layout the forward pass puts them in.
+
+    TransformerLens 3.9 rearranges ``W_Q``, ``W_K``, ``W_V`` to ``[(head d_head), d_model]`` and
+    ``W_O`` to ``[d_model, (head d_head)]`` on every forward call, a copy of each (at GPT-2 small
+    a fifth of a one-token decoding step). Here each of those Parameters (``_W_K``, ``_W_V`` under
+    grouped-query attention) holds, for the duration, a strided view of a buffer already in that
+    layout: the same values, the same matrix products bit for bit, and the rearrangement becomes
+    a view. The original storage is put back on exit, also when the body raises. Models whose
+    attention reads the weights otherwise (split QKV input, ``attn_in``, per-head results,
+    4-bit) are left alone. Yields the number of weights laid out.
+
+    Pitfall: a weight edited in place inside the block is edited in the buffer and lost on exit.
+    """
+    cfg = model.cfg
+    skip = cfg.use_split_qkv_input or cfg.use_attn_in or cfg.use_attn_result or getattr(cfg, "load_in_4bit", False)
+    swapped: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+    try:
+        for block in [] if skip else model.blocks:
+            params = dict(block.attn.named_parameters(recurse=False))
+            for name in ("W_Q", "W_K", "W_V", "_W_K", "_W_V"):
+                if name in params and params[name].dim() == 3:
+                    h, dm, dh = params[name].shape
+                    view = _laid_out(params[name], "h m d -> (h d) m", "h d m", (0, 2, 1), h=h, d=dh, m=dm)
+                    swapped.append((params[name], params[name].data))
+                    params[name].data = view
+            if "W_O" in params and params["W_O"].dim() == 3:
+                h, dh, dm = params["W_O"].shape
+                view = _laid_out(params["W_O"], "h d m -> m (h d)", "m h d", (1, 2, 0), h=h, d=dh, m=dm)
+                swapped.append((params["W_O"], params["W_O"].data))
+                params["W_O"].data = view
+        yield len(swapped)
+    finally:
+        for param, data in swapped:
+            param.data = data
+
+
+class _LastLogits:
+    """What ``HookedTransformer.forward`` does after the last block, for the positions given.
+
+    ``ln_final`` (when the model has one), the unembed with its two hook points, and the logit
+    soft cap: the operations of TransformerLens 3.9's forward pass (the cached path's tokens are
+    tested against the uncached path, which calls the model itself), except that the unembed's
+    transposed weight is made contiguous once per generation instead of on every call
+    (``Unembed.forward`` copies ``W_U`` there, 154 MB at GPT-2's vocabulary). A subclass of
+    ``Unembed`` is called as it is.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        unembed = model.unembed
+        self.weight = unembed.W_U.T.contiguous() if type(unembed) is Unembed else None
+
+    def __call__(self, resid: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        if model.cfg.normalization_type is not None:
+            resid = model.ln_final(resid)
+        if self.weight is None:
+            logits = model.unembed(resid)
+        else:
+            unembed = model.unembed
+            logits = unembed.hook_out(F.linear(unembed.hook_in(resid), self.weight, unembed.b_U))
+        return apply_softcap(logits, model.cfg.output_logits_soft_cap)
+
+
+def _keep_rows(cache: TransformerLensKeyValueCache, keep: torch.Tensor) -> None:
+    """Drop the finished rows (``keep`` False) from every layer's keys, values and the cache's mask."""
+    for entry in cache.entries:
+        entry.past_keys = entry.past_keys[keep]
+        entry.past_values = entry.past_values[keep]
+    cache.previous_attention_mask = cache.previous_attention_mask[keep]
+
+
+def _greedy_cached(model, batch: Batch, max_new_tokens: int, eos: int) -> list[list[int]]:
+    """The prompt once, then one token per step against the cached keys and values; finished rows leave.
+
+    The left-padded prompt goes in with its attention mask, which the cache keeps and extends
+    with a 1 per generated token (passed explicitly: TransformerLens would otherwise rebuild a
+    mask from pad ids, and GPT-2's EOS is its pad). Absolute and rotary positions come from that
+    mask (``cumsum - 1``), so a generated token sits at the position it has in the uncached run.
+    """
+    n_layers = model.cfg.n_layers
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(batch.rows))
+    logits_of = _LastLogits(model)
+    resid = model(batch.tokens, attention_mask=batch.attention_mask, past_kv_cache=cache, stop_at_layer=n_layers)
+    alive = list(range(len(batch.rows)))
+    out: list[list[int]] = [[] for _ in alive]
+    for step in range(max_new_tokens):
+        nxt = logits_of(resid[:, -1:])[:, 0].argmax(-1)
+        ids = nxt.tolist()
+        for row, token in zip(alive, ids):
+            out[row].append(token)
+        if step == max_new_tokens - 1:
+            break
+        going = nxt != eos
+        if not bool(going.all()):
+            if not bool(going.any()):
+                break
+            alive = [row for row, token in zip(alive, ids) if token != eos]
+            nxt = nxt[going]
+            _keep_rows(cache, going)
+        new = nxt[:, None]
+        resid = model(new, attention_mask=torch.ones_like(new), past_kv_cache=cache, stop_at_layer=n_layers)
     return out
 
 

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from jaxtyping import Float, Int
 from scipy.special import ndtr
-from scipy.stats import binomtest, rankdata
+from scipy.stats import binomtest
 
 from interp_tl.errors import BadInputError
 
@@ -849,11 +849,13 @@ def _retrieval_from_similarity(S: np.ndarray, reason: str | None) -> dict[str, f
         return {"auc": None, "top1_a_to_b": None, "top1_b_to_a": None, "mean_rank_a_to_b": None,
                 "n_pairs": int(n), "degenerate": reason}
     diag = np.diagonal(S)
-    off = S[~np.eye(n, dtype=bool)]
-    # Mann-Whitney: AUC = (rank sum of positives - n_pos (n_pos + 1) / 2) / (n_pos n_neg),
-    # average ranks giving ties 1/2.
-    ranks = rankdata(np.concatenate([diag, off]))
-    auc = (ranks[:n].sum() - n * (n + 1) / 2.0) / (n * off.size)
+    off = np.sort(S[~np.eye(n, dtype=bool)])
+    # Mann-Whitney: AUC = (rank sum of positives - n_pos (n_pos + 1) / 2) / (n_pos n_neg) with average
+    # ranks, i.e. the mismatched pairs below each matched one, ties counting 1/2 (exact counts:
+    # one sort and two binary searches instead of ranking all n^2 values; tested equal to the ranks)
+    below = np.searchsorted(off, diag, side="left")
+    at_or_below = np.searchsorted(off, diag, side="right")
+    auc = float(below.sum() + 0.5 * (at_or_below - below).sum()) / (n * off.size)
     rows = np.arange(n)
     above = (S > diag[:, None]).sum(axis=1)
     ties = (S == diag[:, None]).sum(axis=1) - 1

@@ -23,7 +23,10 @@ also has an exact null (Hoeffding's mean and sd over all n! pairings, as
 the share subtracts). ``z_exact`` is deterministic and unchanged when the languages are swapped;
 rankings and headlines use it. Everything is linear
 in the number of pairs: ``mean_ij u^c_i·v_j = ū^c·v̄``, and a pairing π needs only
-``mean_i u^c_i·v_π(i)`` (one gather and one matrix product per chunk of permutations).
+``mean_i u^c_i·v_π(i)``, a sum over pairs. So the writers are taken a block of pairs at a time
+(every pairing's gathered rows and one matrix product per block): time is linear in pairs x
+pairings and memory is one block, never a ``[writer, n, d]`` array of all pairs (at GPT-2's 159
+writers and 1,000 pairs that array is 0.98 GB per language in float64).
 """
 
 from __future__ import annotations
@@ -41,12 +44,14 @@ from jaxtyping import Float
 from transformer_lens import ActivationCache
 
 from interp_tl import stats
-from interp_tl.cache import one_position
+from interp_tl.cache import one_position, select_rows
 from interp_tl.errors import BadInputError, LayerRangeError
 
 _HEAD = re.compile(r"^L(\d+)H(\d+)$")
 #: Elements gathered per chunk of permutations (bounds memory at any number of pairs).
 _GATHER_BUDGET = 1 << 23
+#: Elements of each ``[writer, n, max(n, d)]`` array of a group of writers for the exact-null z's.
+_EXACT_BUDGET = 1 << 24
 
 
 def hook_names(model, layer: int) -> list[str]:
@@ -122,16 +127,59 @@ def decomposition(
     return list(labels), parts, resid
 
 
-def _pairing_means(x: np.ndarray, y: np.ndarray, perms: np.ndarray) -> np.ndarray:
-    """``[writer, n_perms]``: ``mean_i x[c, i]·y[perm[i]]`` for every writer c and permutation."""
-    c, n, d = x.shape
-    flat = x.reshape(c, n * d)
-    chunk = max(1, _GATHER_BUDGET // (n * d))
-    out = np.empty((c, len(perms)))
-    for start in range(0, len(perms), chunk):
-        gathered = y[perms[start:start + chunk]].reshape(-1, n * d)
-        out[:, start:start + chunk] = flat @ gathered.T / n
-    return out
+def _block_rows(n: int, n_writers: int, d: int, n_perms: int) -> int:
+    """Rows per block: the block's writers and its gathered pairings stay near ``_GATHER_BUDGET`` elements."""
+    return max(1, min(n, _GATHER_BUDGET // (max(n_writers, n_perms) * d)))
+
+
+class _GapSplit:
+    """The split of the gap and its permutation bands, accumulated over blocks of rows (pairs).
+
+    Needs the unit residuals ``u``, ``v`` of every pair first (they are the writers' sums, scaled);
+    then each block of writers ``[writer, rows, d]`` adds its matched products, its sums for the
+    null means and, for every pairing at once, its products with the other language's gathered
+    rows: memory is one block, time linear in pairs x pairings.
+    """
+
+    def __init__(self, xa: np.ndarray, xb: np.ndarray, n_writers: int, perms: np.ndarray):
+        na, nb = np.linalg.norm(xa, axis=1), np.linalg.norm(xb, axis=1)
+        if (na == 0).any() or (nb == 0).any():
+            raise BadInputError("a residual has zero norm: cannot normalize")
+        self.na, self.nb = na, nb
+        self.u, self.v = xa / na[:, None], xb / nb[:, None]
+        self.perms, self.inverse = perms, np.argsort(perms, axis=1)
+        self.matched = np.zeros((2, n_writers))
+        self.sums = np.zeros((2, n_writers, xa.shape[1]))
+        self.pairings = np.zeros((2, n_writers, len(perms)))
+
+    def add(self, rows: slice, parts_a: np.ndarray, parts_b: np.ndarray) -> None:
+        """Writers of the pairs ``rows`` in both languages, ``[writer, rows, d]``."""
+        uc = parts_a / self.na[None, rows, None]
+        vc = parts_b / self.nb[None, rows, None]
+        self.matched[0] += np.einsum("cnd,nd->c", uc, self.v[rows])
+        self.matched[1] += np.einsum("nd,cnd->c", self.u[rows], vc)
+        self.sums[0] += uc.sum(1)
+        self.sums[1] += vc.sum(1)
+        if not len(self.perms):
+            return
+        # pairing pi: mean_i u^c_i . v_pi(i), and mean_i u_i . v^c_pi(i) = mean_j u_inverse(j) . v^c_j
+        for side, (own, other, perms) in enumerate(((uc, self.v, self.perms), (vc, self.u, self.inverse))):
+            gathered = other[perms[:, rows]]  # [pairing, rows, d]
+            self.pairings[side] += own.reshape(len(own), -1) @ gathered.reshape(len(perms), -1).T
+
+    def result(self) -> dict[str, Any]:
+        u, v = self.u, self.v
+        n = u.shape[0]
+        matched = 0.5 * (self.matched[0] + self.matched[1]) / n
+        null_mean = 0.5 * (self.sums[0] / n @ v.mean(0) + self.sums[1] / n @ u.mean(0))
+        scrambled = 0.5 * (self.pairings[0] + self.pairings[1]) / n - null_mean[:, None]
+        shares = matched - null_mean
+        total = float(np.einsum("nd,nd->", u, v) / n - u.mean(0) @ v.mean(0))
+        if not len(self.perms):
+            return {"total": total, "shares": shares}
+        sd = scrambled.std(1)
+        return {"total": total, "shares": shares, "band": np.percentile(scrambled, [2.5, 97.5], axis=1).T,
+                "z": np.where(sd > 0, (shares - scrambled.mean(1)) / np.where(sd > 0, sd, 1), np.nan)}
 
 
 def exact_share_z(
@@ -147,8 +195,7 @@ def exact_share_z(
     chunk = max(1, _GATHER_BUDGET // (n * n))
     out = np.full(len(shares), np.nan)
     for start in range(0, len(shares), chunk):
-        block = 0.5 * (np.einsum("cnd,md->cnm", uc[start:start + chunk], v)
-                       + np.einsum("nd,cmd->cnm", u, vc[start:start + chunk]))
+        block = 0.5 * (uc[start:start + chunk] @ v.T + u @ vc[start:start + chunk].transpose(0, 2, 1))
         for j, A in enumerate(block):
             if stats.similarity_spread_reason(A) is None:
                 out[start + j] = shares[start + j] / stats.exact_null(A)[1]
@@ -178,25 +225,16 @@ def split_gap(
     """
     if parts_a.shape != parts_b.shape or parts_a.ndim != 3:
         raise BadInputError(f"writers must be [writer, n, d] of the same shape, got {parts_a.shape}, {parts_b.shape}")
-    xa, xb = parts_a.sum(0), parts_b.sum(0)
-    na, nb = np.linalg.norm(xa, axis=1), np.linalg.norm(xb, axis=1)
-    if (na == 0).any() or (nb == 0).any():
-        raise BadInputError("a residual has zero norm: cannot normalize")
-    u, v = xa / na[:, None], xb / nb[:, None]
-    uc, vc = parts_a / na[None, :, None], parts_b / nb[None, :, None]
-    n = u.shape[0]
-    matched = 0.5 * (np.einsum("cnd,nd->c", uc, v) + np.einsum("nd,cnd->c", u, vc)) / n
-    null_mean = 0.5 * (uc.mean(1) @ v.mean(0) + vc.mean(1) @ u.mean(0))
-    shares = matched - null_mean
-    perms = stats.seed_permutations(n, n_perms, seed)
-    inverse = np.argsort(perms, axis=1)
-    # mean_i u_i·v^c_perm(i) = mean_j u_inverse(j)·v^c_j
-    scrambled = 0.5 * (_pairing_means(uc, v, perms) + _pairing_means(vc, u, inverse)) - null_mean[:, None]
-    sd = scrambled.std(1)
-    total = float(np.einsum("nd,nd->", u, v) / n - u.mean(0) @ v.mean(0))
-    return {"total": total, "shares": shares, "band": np.percentile(scrambled, [2.5, 97.5], axis=1).T,
-            "z": np.where(sd > 0, (shares - scrambled.mean(1)) / np.where(sd > 0, sd, 1), np.nan),
-            "z_exact": exact_share_z(uc, v, u, vc, shares)}
+    c, n, d = parts_a.shape
+    split = _GapSplit(parts_a.sum(0), parts_b.sum(0), c, stats.seed_permutations(n, n_perms, seed))
+    step = _block_rows(n, c, d, n_perms)
+    for start in range(0, n, step):
+        rows = slice(start, start + step)
+        split.add(rows, parts_a[:, rows], parts_b[:, rows])
+    result = split.result()
+    result["z_exact"] = exact_share_z(parts_a / split.na[None, :, None], split.v, split.u,
+                                      parts_b / split.nb[None, :, None], result["shares"])
+    return result
 
 
 @dataclass(frozen=True)
@@ -208,20 +246,21 @@ class WriterShares:
         labels: TransformerLens' component labels (``L0H0``, ``0_mlp_out``, ``embed``, ``pos_embed``, ``bias``).
         total: the gap T.
         shares: ``[writer]``, summing to ``total``.
-        band: ``[writer, 2]``, the null band of each share under random pairings.
-        z: ``[writer]``, each share's Monte Carlo z against its random pairings (sd ddof=0).
+        band: ``[writer, 2]``, the null band of each share under random pairings (None: ``nulls=False``).
+        z: ``[writer]``, each share's Monte Carlo z against its random pairings (sd ddof=0; None: ``nulls=False``).
         sum_error: largest ``|sum of writers − resid_post|`` over prompts and both languages.
-        z_exact: ``[writer]``, each share against its exact permutation null (NaN without spread).
+        z_exact: ``[writer]``, each share against its exact permutation null (NaN without spread; None:
+            ``nulls=False``).
     """
 
     layer: int
     labels: list[str]
     total: float
     shares: Float[np.ndarray, " writer"]
-    band: Float[np.ndarray, "writer 2"]
-    z: Float[np.ndarray, " writer"]
+    band: Float[np.ndarray, "writer 2"] | None
+    z: Float[np.ndarray, " writer"] | None
     sum_error: float
-    z_exact: Float[np.ndarray, " writer"]
+    z_exact: Float[np.ndarray, " writer"] | None
 
     def head_grid(self, n_heads: int) -> Float[np.ndarray, "layer_plus_1 n_heads"]:
         """The heads' shares as ``[layer + 1, n_heads]`` (NaN where a head has no share)."""
@@ -237,6 +276,10 @@ class WriterShares:
         order = np.argsort(-self.shares, kind="stable")[:top]
         lines = [f"layer {self.layer}: gap {self.total:.5f}",
                  f"{'writer':>12} {'share':>9} {'null band':>21} {'z_exact':>7} {'mc z':>7}"]
+        if self.band is None or self.z is None or self.z_exact is None:
+            lines[1] = f"{'writer':>12} {'share':>9}"
+            lines += [f"{self.labels[i]:>12} {self.shares[i]:9.5f}" for i in order]
+            return "\n".join(lines)
         for i in order:
             lo, hi = self.band[i]
             lines.append(f"{self.labels[i]:>12} {self.shares[i]:9.5f} [{lo:9.5f}, {hi:9.5f}] {self.z_exact[i]:7.1f} "
@@ -248,9 +291,16 @@ class WriterShares:
 
 
 def writer_shares(
-    cache_a: ActivationCache, cache_b: ActivationCache, layer: int, *, n_perms: int = 200, perm_seed: int = 42
+    cache_a: ActivationCache, cache_b: ActivationCache, layer: int, *, n_perms: int = 200, perm_seed: int = 42,
+    nulls: bool = True,
 ) -> WriterShares:
     """Split the alignment gap of ``blocks.{layer}.hook_resid_post`` over its writers.
+
+    The same numbers as :func:`split_gap` of the two :func:`decomposition` s (tested), computed
+    over blocks of pairs so that no ``[writer, n, d]`` array of all writers is ever held: the
+    decomposition of a block is made once for the residuals' norms and once for the shares and
+    their Monte Carlo bands; the exact-null z's then take the writers a group at a time over all
+    pairs (each group's ``[writer, n, d]`` and ``[writer, n, n]`` arrays within a fixed budget).
 
     Args:
         cache_a: the first language's prompts, one position per prompt, bound to the model,
@@ -261,15 +311,58 @@ def writer_shares(
         layer: the residual split.
         n_perms: random pairings for the null bands.
         perm_seed: their seed.
+        nulls: False gives the shares alone (``band``, ``z`` and ``z_exact`` None): what a heatmap
+            of shares needs, at a fraction of the cost.
 
     Raises:
-        BadInputError: a missing hook, more than one position per prompt, a cache with no model.
+        BadInputError: a missing hook, more than one position per prompt, a cache with no model,
+            or caches of different numbers of prompts.
         LayerRangeError: ``layer`` outside the model.
     """
-    labels, parts_a, resid_a = decomposition(cache_a, layer)
-    labels_b, parts_b, resid_b = decomposition(cache_b, layer)
-    assert labels == labels_b
-    sum_error = float(max(np.abs(parts_a.sum(0) - resid_a).max(), np.abs(parts_b.sum(0) - resid_b).max()))
-    split = split_gap(parts_a, parts_b, n_perms=n_perms, seed=perm_seed)
-    return WriterShares(layer, labels, split["total"], split["shares"], split["band"], split["z"], sum_error,
-                        split["z_exact"])
+    model = cache_a.model
+    if model is None:
+        raise BadInputError("the cache is bound to no model: the decomposition needs W_O and the biases")
+    if not 0 <= layer < model.cfg.n_layers:
+        raise LayerRangeError(f"layer {layer} is out of range: the model has layers 0..{model.cfg.n_layers - 1}")
+    n, d = _rows(cache_a, layer), model.cfg.d_model
+    if _rows(cache_b, layer) != n:
+        raise BadInputError(f"the caches hold {n} and {_rows(cache_b, layer)} prompts: they must be the same problems")
+    perms = stats.seed_permutations(n, n_perms, perm_seed) if nulls else np.empty((0, n), dtype=np.int64)
+    writers = (layer + 1) * (model.cfg.n_heads + 1) + 3  # heads, MLPs, embed, pos_embed, bias: sizes the blocks
+    step = _block_rows(n, writers, d, len(perms))
+    blocks = [slice(start, start + step) for start in range(0, n, step)]
+    sums = {lang: np.empty((n, d)) for lang in "ab"}
+    labels: dict[str, list[str]] = {}
+    sum_error = 0.0
+    for rows in blocks:  # first pass: the residuals (the writers' sums) and how far they are from resid_post
+        for lang, cache in (("a", cache_a), ("b", cache_b)):
+            labels[lang], parts, resid = decomposition(select_rows(cache, rows), layer)
+            sums[lang][rows] = parts.sum(0)
+            sum_error = max(sum_error, float(np.abs(sums[lang][rows] - resid).max()))
+    assert labels["a"] == labels["b"]
+    split = _GapSplit(sums["a"], sums["b"], len(labels["a"]), perms)
+    for rows in blocks:
+        split.add(rows, decomposition(select_rows(cache_a, rows), layer)[1],
+                  decomposition(select_rows(cache_b, rows), layer)[1])
+    result = split.result()
+    if not nulls:
+        return WriterShares(layer, labels["a"], result["total"], result["shares"], None, None, sum_error, None)
+    z_exact = np.empty(len(labels["a"]))
+    group = max(1, _EXACT_BUDGET // (n * max(n, d)))
+    for start in range(0, len(z_exact), group):
+        idx = slice(start, start + group)
+        uc = np.empty((len(z_exact[idx]), n, d))
+        vc = np.empty_like(uc)
+        for rows in blocks:
+            uc[:, rows] = decomposition(select_rows(cache_a, rows), layer)[1][idx] / split.na[None, rows, None]
+            vc[:, rows] = decomposition(select_rows(cache_b, rows), layer)[1][idx] / split.nb[None, rows, None]
+        z_exact[idx] = exact_share_z(uc, split.v, split.u, vc, result["shares"][idx])
+    return WriterShares(layer, labels["a"], result["total"], result["shares"], result["band"], result["z"],
+                        sum_error, z_exact)
+
+
+def _rows(cache: ActivationCache, layer: int) -> int:
+    name = f"blocks.{layer}.hook_resid_post"
+    if name not in cache.cache_dict:
+        raise BadInputError(f"the cache has no {name!r}: run the model with that hook cached")
+    return int(cache.cache_dict[name].shape[0])

@@ -104,8 +104,7 @@ def analyse(model, config: AlignmentConfig, prompts: ParallelPrompts, caches: di
         "summary": table.summary,
     }
     if config.head_shares:
-        split = writer.writer_shares(by_lang[a], by_lang[b], max(layers), n_perms=config.n_perms,
-                                     perm_seed=config.perm_seed)
+        split = writer.writer_shares(by_lang[a], by_lang[b], max(layers), nulls=False)
         data["head_shares"] = head_share_grid(split, model.cfg.n_heads)
     prov = study_provenance(model, "alignment", config, prompts.identity(), layers=layers,
                             hooks=[f"blocks.L.{h}" for h in align.HOOKS], token="last real token")
