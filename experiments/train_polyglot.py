@@ -7,22 +7,27 @@ What it does, deterministically from :class:`Recipe` (seed 0):
    single-digit tokens before BPE, so ``0``–``9`` are the same ten tokens in every language;
    the 256 byte tokens cover any script. ``<|endoftext|>`` (id 0) is BOS = EOS = PAD.
 2. Data: an endless stream of problems drawn with seed ``seed + 2`` (never 42), each in one of
-   the seven languages chosen uniformly, category by :attr:`Recipe.mixture`. A sequence is
-   ``[BOS] prompt`` + ``" " answer [EOS]`` (prompt and answer tokenized separately, as
-   :mod:`interp_tl.generation` reads them); the loss is on the answer tokens only. Problems of
-   the held-out set (``seed=42, n=200``) are skipped, except combinatorics: its ~130 (n, k)
-   pairs are all in the stream, so that category measures memorisation, the others
-   generalisation.
+   the seven languages chosen uniformly, category by :attr:`Recipe.mixture`
+   (:class:`interp_tl.training_stream.TrainingStream`, which replays it for the trained-pair
+   counts). A sequence is ``[BOS] prompt`` + ``" " answer sentence [EOS]``, the sentence in the
+   prompt's language (``interp_tl/data/problem_templates.json``, ``answers``: en
+   ``" The answer is 42."``, zh ``" 答案是 42。"``, ...); prompt and completion are tokenized
+   separately, as :mod:`interp_tl.generation` reads them; the loss is on the completion's tokens
+   only (:data:`interp_tl.generation.ANSWER_LOSS`). Every problem of every set the studies
+   evaluate on (:data:`interp_tl.training_stream.EVALUATION_SETS`) is skipped, except
+   combinatorics: its 118 (n, k) pairs are all in the stream, so that category measures
+   memorisation, the others generalisation.
 3. Model: GPT-2 style ``HookedTransformer`` (LayerNorm, absolute positions, gelu_new),
    AdamW with linear warm-up and cosine decay, gradient clipping, batch 64, float32 on CPU.
-4. Evaluation on the held-out set in all seven languages: teacher-forced answer loss during
-   training; greedy exact match per category and language at the end, against a
-   question-blind baseline (the smoothed distribution of answers in the training stream).
+4. Evaluation: teacher-forced ``answer_loss`` on the seed-42 set during training; at the end,
+   greedy answers on ``generate_problems(200, 42)`` and ``(200, 43)`` in all seven languages:
+   the stated number per category, the answer's language by :mod:`interp_tl.langid`, the exact
+   sentence, ``answer_loss`` and ``number_loss``, and each set's trained-pair counts.
 
 Writes the package files (``config.json``, ``model.safetensors``, tokenizer, ``training.json``)
 to ``--out`` and the loss curve and model card to ``--report``. From the repository root::
 
-    python experiments/train_polyglot.py                      # full recipe (about 20 min on 2 cores)
+    python experiments/train_polyglot.py                      # full recipe (about 30 min on 2 quiet cores)
     python experiments/train_polyglot.py --check              # short retrain vs the shipped losses
 
 ``--check`` rebuilds the tokenizer (must equal the shipped one), retrains the first
@@ -41,7 +46,6 @@ import random
 import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,13 +53,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from interp_tl.generation import answer_text, answer_token_losses, score_answers
+from interp_tl.generation import ANSWER_LOSS, answer_text, completion_losses, score_answers
 from interp_tl.models import POLYGLOT_MODEL, polyglot_path, quiet_tl_deprecation, versions
-from interp_tl.prompts import CATEGORIES, draw_problem, generate_problems, languages
+from interp_tl.prompts import CATEGORIES, draw_problem, generate_problems, languages, load_answer_forms
 from interp_tl.report import atomic_write
+from interp_tl.training_stream import EVALUATION_SETS, MEMORISED_CATEGORIES, TrainingStream, trained_pairs
 
 EOT = "<|endoftext|>"
 HELD_OUT = dict(n=200, seed=42)
+#: The held-out tables: the evaluation set (seed 42) and a second seed, both excluded from the stream.
+TABLE_SETS = ((200, 42), (200, 43))
 CHECK_STEPS = 20
 CHECK_RTOL, CHECK_ATOL = 1e-4, 1e-5
 
@@ -80,8 +87,9 @@ class Recipe:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     mixture: tuple[tuple[str, float], ...] = (
-        ("arithmetic", 0.15), ("combinatorics", 0.40), ("modular", 0.10), ("geometry", 0.20), ("sequences", 0.15),
+        ("arithmetic", 0.10), ("combinatorics", 0.25), ("modular", 0.10), ("geometry", 0.35), ("sequences", 0.20),
     )
+    excluded_sets: tuple[tuple[int, int], ...] = EVALUATION_SETS
     eval_every: int = 500
 
 
@@ -101,7 +109,7 @@ def build_tokenizer(recipe: Recipe, folder: Path):
     texts = []
     for i in range(recipe.tokenizer_problems):
         problem = draw_problem(rng, CATEGORIES[i % len(CATEGORIES)])
-        texts += [problem.prompts[lang] + answer_text(problem.answer) for lang in languages()]
+        texts += [problem.prompts[lang] + answer_text(problem.answer, lang) for lang in languages()]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
@@ -130,38 +138,22 @@ def save_tokenizer(tokenizer, out: Path) -> None:
 # Data
 
 
-def held_out_keys() -> set[tuple[str, tuple[tuple[str, int], ...]]]:
-    """The held-out problems the stream skips (all but combinatorics)."""
-    return {
-        (p.template, tuple(sorted(p.numbers.items())))
-        for p in generate_problems(**HELD_OUT)
-        if p.category != "combinatorics"
-    }
-
-
 class Stream:
-    """The training examples: (prompt ids, answer ids) drawn deterministically from ``seed + 2``."""
+    """The training examples: (prompt ids, answer ids) of :class:`interp_tl.training_stream.TrainingStream`."""
 
     def __init__(self, recipe: Recipe, tokenizer):
-        self.rng = random.Random(recipe.seed + 2)
-        self.cats = [c for c, _ in recipe.mixture]
-        self.weights = [w for _, w in recipe.mixture]
-        self.langs = languages()
+        self.draws = TrainingStream(recipe.seed, recipe.mixture, recipe.excluded_sets)
         self.tok = tokenizer
         self.eos = tokenizer.eos_token_id
-        self.skip = held_out_keys()
-        self.skipped = 0
+
+    @property
+    def skipped(self) -> int:
+        return self.draws.skipped
 
     def example(self) -> tuple[list[int], list[int]]:
-        while True:
-            category = self.rng.choices(self.cats, self.weights)[0]
-            lang = self.langs[self.rng.randrange(len(self.langs))]
-            problem = draw_problem(self.rng, category, [lang])
-            if (problem.template, tuple(sorted(problem.numbers.items()))) not in self.skip:
-                break
-            self.skipped += 1
+        problem, lang = self.draws.draw()
         prompt = [self.eos] + self.tok(problem.prompts[lang], add_special_tokens=False)["input_ids"]
-        answer = self.tok(answer_text(problem.answer), add_special_tokens=False)["input_ids"] + [self.eos]
+        answer = self.tok(answer_text(problem.answer, lang), add_special_tokens=False)["input_ids"] + [self.eos]
         return prompt, answer
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -177,29 +169,6 @@ class Stream:
             y[i, : len(seq) - 1] = seq[1:]
             mask[i, len(p) - 1 : len(seq) - 1] = True
         return x, y, mask
-
-
-def question_blind_loss(recipe: Recipe, tokenizer, n_samples: int = 200_000, alpha: float = 0.5) -> float:
-    """Nats per answer token (digits + EOS) of the best model that never looks at the question.
-
-    The answer strings of ``n_samples`` stream draws (seed ``seed + 3``) define a prefix tree; a
-    held-out answer is scored token by token with add-``alpha`` smoothing over the 11 symbols
-    (10 digits, EOS), averaged over the held-out set in all seven languages.
-    """
-    rng = random.Random(recipe.seed + 3)
-    cats, weights = [c for c, _ in recipe.mixture], [w for _, w in recipe.mixture]
-    counts: Counter[str] = Counter()
-    for _ in range(n_samples):
-        answer = str(draw_problem(rng, rng.choices(cats, weights)[0], ["en"]).answer) + "$"
-        for j in range(len(answer) + 1):
-            counts[answer[:j]] += 1
-    total, n = 0.0, 0
-    for problem in generate_problems(**HELD_OUT):
-        answer = str(problem.answer) + "$"
-        for j in range(len(answer)):
-            total -= math.log((counts[answer[: j + 1]] + alpha) / (counts[answer[:j]] + 11 * alpha))
-            n += 1
-    return total / n
 
 
 # Model and training
@@ -232,15 +201,8 @@ def lr_at(recipe: Recipe, step: int) -> float:
 
 
 def held_out_answer_loss(model, problems, langs) -> float:
-    """Mean teacher-forced loss per answer token (digits + EOS) over the held-out set, all languages."""
-    from interp_tl.tokens import tokenize
-
-    answers = [answer_text(p.answer) for p in problems]
-    losses = []
-    for lang in langs:
-        per = answer_token_losses(model, tokenize(model, [p.prompts[lang] for p in problems]), answers)
-        losses += [x[1:] for x in per]
-    return float(np.mean(np.concatenate(losses)))
+    """Mean over ``langs`` of the held-out ``answer_loss`` (:data:`interp_tl.generation.ANSWER_LOSS`)."""
+    return float(np.mean([completion_losses(model, problems, lang)["answer_loss"] for lang in langs]))
 
 
 def train(recipe: Recipe, tokenizer, stop_after: int | None = None, progress: bool = True, evaluate: bool = True):
@@ -292,7 +254,24 @@ def _train(recipe: Recipe, tokenizer, stop_after: int | None, progress: bool, ev
 # Outputs
 
 
-def save_model(model, tokenizer, recipe: Recipe, log: dict, scores, baseline: float, out: Path) -> dict:
+def held_out_tables(model, recipe: Recipe) -> dict:
+    """Greedy answers and answer loss on each set of :data:`TABLE_SETS`, with its trained-pair counts."""
+    record = {"recipe": dataclasses.asdict(recipe)}
+    tables = {}
+    for n, seed in TABLE_SETS:
+        problems = generate_problems(n, seed)
+        scores = score_answers(model, problems, languages())
+        tables[f"seed_{seed}"] = {
+            "problems": {"n": n, "seed": seed},
+            "accuracy": scores.accuracy, "language": scores.language, "exact": scores.exact,
+            "answer_loss": scores.answer_loss, "number_loss": scores.number_loss,
+            "answer_loss_mean": float(np.mean(list(scores.answer_loss.values()))),
+            "trained_pairs": trained_pairs(problems, languages(), record),
+        }
+    return tables
+
+
+def save_model(model, tokenizer, recipe: Recipe, log: dict, tables: dict, out: Path) -> dict:
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
@@ -314,18 +293,18 @@ def save_model(model, tokenizer, recipe: Recipe, log: dict, scores, baseline: fl
         "wall_s": log["wall_s"],
         "torch_threads": torch.get_num_threads(),
         "versions": versions(),
+        "answer_forms": dict(load_answer_forms()),
+        "answer_loss_definition": ANSWER_LOSS,
+        "memorised_categories": list(MEMORISED_CATEGORIES),
         "held_out": {**HELD_OUT, "languages": list(languages())},
         "skipped_held_out_draws": log["skipped_held_out_draws"],
         "first_losses": log["loss"][:100],
         "loss_every_10": log["loss"][::10],
         "eval": log["eval"],
-        "final": {
-            "accuracy": scores.accuracy, "answer_loss": scores.answer_loss,
-            "answer_loss_mean": float(np.mean(list(scores.answer_loss.values()))),
-            "question_blind_loss": baseline,
-        },
+        "final": tables["seed_42"],
+        "tables": tables,
     }
-    atomic_write(out / "training.json", (json.dumps(training, indent=1) + "\n").encode())
+    atomic_write(out / "training.json", (json.dumps(training, indent=1, ensure_ascii=False) + "\n").encode())
     return training
 
 
@@ -346,8 +325,8 @@ def plot_losses(training: dict, path: Path) -> None:
     ax.plot(np.arange(len(every)) * 10 + 1, every, lw=0.5, alpha=0.4, label="train (answer tokens, every 10th step)")
     ax.plot(np.arange(len(smooth(every, 20))) * 10 + 100, smooth(every, 20), lw=1.2, label="train, smoothed")
     ev = training["eval"]
-    ax.plot([e["step"] for e in ev], [e["held_out_answer_loss"] for e in ev], "o-", label="held out (digits + EOS)")
-    ax.axhline(training["final"]["question_blind_loss"], color="k", ls="--", lw=1, label="question-blind baseline")
+    ax.plot([e["step"] for e in ev], [e["held_out_answer_loss"] for e in ev], "o-",
+            label="held out (seed 42), answer_loss")
     ax.set_xlabel("step")
     ax.set_ylabel("nats / answer token")
     ax.set_yscale("log")
@@ -358,21 +337,42 @@ def plot_losses(training: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _table(values: dict, rows: list[str], langs: list[str], counts: dict | None = None) -> list[str]:
+    head = "| category | " + " | ".join(langs) + (" | trained pairs |" if counts else " |")
+    out = [head, "|---|" + "---|" * (len(langs) + bool(counts))]
+    for row in rows:
+        cells = " | ".join(f"{100 * values[lang][row]:.0f}%" for lang in langs)
+        extra = ""
+        if counts:
+            c = counts[row]
+            extra = f" | {c['trained']}/{c['pairs']}" + (" (memorisation)" if c["memorised"] else "")
+        out.append(f"| {row} | {cells}{extra} |")
+    return out
+
+
 def model_card(training: dict) -> str:
-    """The README's accuracy table: held-out greedy exact match per category and language."""
-    acc = training["final"]["accuracy"]
-    langs = list(acc)
-    rows = ["| category | " + " | ".join(langs) + " |", "|---|" + "---|" * len(langs)]
-    for cat in [*CATEGORIES, "all"]:
-        rows.append(f"| {cat} | " + " | ".join(f"{100 * acc[lang][cat]:.0f}%" for lang in langs) + " |")
-    loss = training["final"]
-    rows.append("")
-    rows.append(
-        f"Held-out answer loss {loss['answer_loss_mean']:.3f} nats/token (digits + EOS, mean of the "
-        f"languages {min(loss['answer_loss'].values()):.3f}–{max(loss['answer_loss'].values()):.3f}); "
-        f"a question-blind model: {loss['question_blind_loss']:.3f}."
-    )
-    return "\n".join(rows) + "\n"
+    """The model card's tables: greedy answers on each held-out table set, answer language, answer loss."""
+    lines = []
+    for table in training["tables"].values():
+        langs = list(table["accuracy"])
+        seed = table["problems"]["seed"]
+        lines.append(f"Correct answers (the stated number), generate_problems({table['problems']['n']}, {seed}):")
+        lines.append("")
+        lines += _table(table["accuracy"], [*CATEGORIES, "all"], langs, table["trained_pairs"])
+        lines.append("")
+        lang_rows = {lang: {"language": table["language"][lang], "exact": table["exact"][lang]} for lang in langs}
+        lines.append(f"Answer language by `langid` and exact answer sentence, seed {seed}:")
+        lines.append("")
+        lines += _table(lang_rows, ["language", "exact"], langs)
+        lines.append("")
+        loss = table["answer_loss"]
+        lines.append(
+            f"answer_loss {table['answer_loss_mean']:.3f} nats/token (mean of the languages "
+            f"{min(loss.values()):.3f}–{max(loss.values()):.3f}); number_loss (digit tokens only) "
+            f"{float(np.mean(list(table['number_loss'].values()))):.3f}."
+        )
+        lines.append("")
+    return "\n".join(lines)
 
 
 # Entry points
@@ -381,7 +381,8 @@ def model_card(training: dict) -> str:
 def check(out: Path) -> int:
     """Rebuild the tokenizer and retrain CHECK_STEPS steps; compare with the shipped files."""
     recorded = json.loads((out / "training.json").read_text())
-    recipe = Recipe(**{k: tuple(map(tuple, v)) if k == "mixture" else v for k, v in recorded["recipe"].items()})
+    recipe = Recipe(**{k: tuple(map(tuple, v)) if k in ("mixture", "excluded_sets") else v
+                       for k, v in recorded["recipe"].items()})
     with tempfile.TemporaryDirectory() as folder:
         tokenizer = build_tokenizer(recipe, Path(folder))
         if (Path(folder) / "tokenizer.json").read_bytes() != (out / "tokenizer.json").read_bytes():
@@ -413,9 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = build_tokenizer(recipe, Path(folder))
         print(f"tokenizer: {len(tokenizer)} tokens ({time.perf_counter() - t0:.1f} s)")
         model, log = train(recipe, tokenizer)
-        scores = score_answers(model, generate_problems(**HELD_OUT), languages())
-        baseline = question_blind_loss(recipe, tokenizer)
-        training = save_model(model, tokenizer, recipe, log, scores, baseline, args.out)
+        training = save_model(model, tokenizer, recipe, log, held_out_tables(model, recipe), args.out)
     args.report.mkdir(parents=True, exist_ok=True)
     plot_losses(training, args.report / "loss.png")
     (args.report / "card.md").write_text(model_card(training))

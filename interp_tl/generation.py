@@ -33,13 +33,23 @@ from interp_tl.batching import Batch, batches
 from interp_tl.cache import fused_gelu
 from interp_tl.errors import BadInputError
 from interp_tl.langid import LABELS, identify_language
-from interp_tl.prompts import CATEGORIES, Problem
+from interp_tl.prompts import CATEGORIES, Problem, answer_sentence
 from interp_tl.tokens import Tokenized, check_lengths, tokenize
 
 
-def answer_text(answer: int) -> str:
-    """The completion a model should produce after a prompt: a space and the decimal answer."""
-    return f" {answer}"
+def answer_text(answer: int, lang: str) -> str:
+    """The completion a model should produce after a prompt in ``lang``: a space and the answer sentence.
+
+    E.g. ``" The answer is 42."`` in en, ``" 答案是 42。"`` in zh (the sentences:
+    :func:`interp_tl.prompts.load_answer_forms`); EOS follows it.
+    """
+    return " " + answer_sentence(answer, lang)
+
+
+def extract_answer(text: str) -> int | None:
+    """The answer a completion states: its first integer (``"La respuesta es 42."`` -> 42), None without one."""
+    found = re.search(r"-?\d+", text)
+    return int(found.group()) if found else None
 
 
 def greedy_completions(
@@ -211,25 +221,6 @@ def _greedy_cached(model, batch: Batch, max_new_tokens: int, eos: int) -> list[l
     return out
 
 
-@dataclass(frozen=True)
-class AnswerScores:
-    """Greedy exact-match accuracy and teacher-forced answer loss per category and language.
-
-    Attributes:
-        accuracy: ``{lang: {category: fraction correct}}`` plus ``"all"`` per language.
-        answer_loss: ``{lang: mean nats per answer token}`` over the digits and EOS (the space
-            that opens the answer is excluded when the tokenizer makes it a token of its own:
-            it is the same for every problem).
-        completions: ``{lang: [decoded completion, ...]}`` in problem order.
-        n: problems per language.
-    """
-
-    accuracy: Mapping[str, Mapping[str, float]]
-    answer_loss: Mapping[str, float]
-    completions: Mapping[str, list[str]]
-    n: int
-
-
 def _sequence_losses(
     model, prompts: Tokenized, answers: Sequence[str], batch_size: int
 ) -> tuple[list[np.ndarray], list[int]]:
@@ -255,13 +246,68 @@ def _sequence_losses(
     return losses, [len(t) for t in targets]
 
 
+#: The one answer loss (JSON key ``answer_loss``), in words: the model card, the surgery and Jacobian studies use it.
+ANSWER_LOSS = ("answer_loss: mean teacher-forced nats per token over the completion after the prompt, i.e. the "
+               "tokens of ' ' + answer sentence (the opening space included) and EOS: exactly the tokens the "
+               "embedded model's training loss counts")
+
+#: The second quantity (JSON key ``number_loss``): the answer's number alone.
+NUMBER_LOSS = "number_loss: the same mean over the completion's digit tokens only (the number of the answer sentence)"
+
+#: The third (JSON key ``sequence_loss``): prompt tokens included.
+SEQUENCE_LOSS = "sequence_loss: mean nats per token over every next token of prompt + completion (after BOS)"
+
+
+def completion_losses(
+    model, problems: Sequence[Problem], lang: str, batch_size: int = 32, prepend_bos: bool | None = None
+) -> dict[str, float]:
+    """``answer_loss``, ``number_loss`` and ``sequence_loss`` (see :data:`ANSWER_LOSS`) of ``problems`` in ``lang``.
+
+    The one function behind every reported answer loss (model card, surgery, training evaluation).
+    A digit token is one whose decoded text is all digits; ``number_loss`` is NaN when the
+    tokenizer has none in the completions.
+    """
+    tok = model.tokenizer
+    prompts = tokenize(model, [p.prompts[lang] for p in problems], prepend_bos)
+    answers = [answer_text(p.answer, lang) for p in problems]
+    losses, lengths = _sequence_losses(model, prompts, answers, batch_size)
+    completion = [x[-k:] for x, k in zip(losses, lengths)]
+    digit = [np.array([tok.decode([i]).isdigit() for i in tok(a, add_special_tokens=False)["input_ids"]] + [False])
+             for a in answers]
+    numbers = np.concatenate([x[m] for x, m in zip(completion, digit)])
+    return {"answer_loss": float(np.mean(np.concatenate(completion))),
+            "number_loss": float(np.mean(numbers)) if numbers.size else float("nan"),
+            "sequence_loss": float(np.mean(np.concatenate(losses)))}
+
+
+@dataclass(frozen=True)
+class AnswerScores:
+    """Greedy answers and teacher-forced answer loss per category and language.
+
+    Attributes:
+        accuracy: ``{lang: {category: fraction correct}}`` plus ``"all"`` per language; correct:
+            the completion's first integer (:func:`extract_answer`) is the answer.
+        language: ``{lang: fraction of completions identified as lang}`` (:func:`interp_tl.langid.identify_language`).
+        exact: ``{lang: fraction of completions equal to the answer sentence}``.
+        answer_loss: ``{lang: answer_loss}`` (:data:`ANSWER_LOSS`).
+        number_loss: ``{lang: number_loss}`` (:data:`NUMBER_LOSS`).
+        completions: ``{lang: [decoded completion, ...]}`` in problem order.
+        n: problems per language.
+    """
+
+    accuracy: Mapping[str, Mapping[str, float]]
+    language: Mapping[str, float]
+    exact: Mapping[str, float]
+    answer_loss: Mapping[str, float]
+    number_loss: Mapping[str, float]
+    completions: Mapping[str, list[str]]
+    n: int
+
+
 def answer_token_losses(
     model, prompts: Tokenized, answers: Sequence[str], batch_size: int = 64
 ) -> list[Float[np.ndarray, " answer_tokens"]]:
-    """Teacher-forced next-token loss (nats) of each answer's tokens and EOS after its prompt.
-
-    The first answer token (the separating space) is included; callers drop it if they wish.
-    """
+    """Teacher-forced next-token loss (nats) of each completion's tokens and EOS after its prompt."""
     losses, lengths = _sequence_losses(model, prompts, answers, batch_size)
     return [x[-k:] for x, k in zip(losses, lengths)]
 
@@ -269,24 +315,24 @@ def answer_token_losses(
 def score_answers(
     model, problems: Sequence[Problem], langs: Sequence[str], batch_size: int = 64, prepend_bos: bool | None = None
 ) -> AnswerScores:
-    """Greedy exact-match accuracy and answer loss of ``model`` on ``problems`` in each language."""
-    accuracy, loss, completions = {}, {}, {}
-    answers = [answer_text(p.answer) for p in problems]
-    space = model.tokenizer(" ", add_special_tokens=False)["input_ids"]
-    first = model.tokenizer(answers[0], add_special_tokens=False)["input_ids"][:1]
-    skip = int(space == first)  # the opening space as a token of its own never depends on the problem
+    """Greedy answers (number, language, exact sentence) and answer loss of ``model`` on ``problems`` per language."""
+    accuracy, language, exact, loss, number, completions = {}, {}, {}, {}, {}, {}
+    cats = np.array([p.category for p in problems])
     for lang in langs:
+        answers = [answer_text(p.answer, lang) for p in problems]
+        longest = max(len(model.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
         tokens = tokenize(model, [p.prompts[lang] for p in problems], prepend_bos)
-        ids = greedy_completions(model, tokens, max_new_tokens=len(max(answers, key=len)) + 2, batch_size=batch_size)
+        ids = greedy_completions(model, tokens, max_new_tokens=longest + 2, batch_size=batch_size)
         texts = [model.tokenizer.decode(x) for x in ids]
-        correct = np.array([t.strip() == str(p.answer) for t, p in zip(texts, problems)])
-        cats = np.array([p.category for p in problems])
+        correct = np.array([extract_answer(t) == p.answer for t, p in zip(texts, problems)])
         accuracy[lang] = {c: float(correct[cats == c].mean()) for c in CATEGORIES if (cats == c).any()}
         accuracy[lang]["all"] = float(correct.mean())
-        per_token = answer_token_losses(model, tokens, answers, batch_size)
-        loss[lang] = float(np.mean(np.concatenate([x[skip:] for x in per_token])))
+        language[lang] = float(np.mean([identify_language(t) == lang for t in texts]))
+        exact[lang] = float(np.mean([t == a for t, a in zip(texts, answers)]))
+        losses = completion_losses(model, problems, lang, batch_size, prepend_bos)
+        loss[lang], number[lang] = losses["answer_loss"], losses["number_loss"]
         completions[lang] = texts
-    return AnswerScores(accuracy, loss, completions, len(problems))
+    return AnswerScores(accuracy, language, exact, loss, number, completions, len(problems))
 
 
 _NUMBER = re.compile(r"-?\d+\.?\d*")
@@ -380,12 +426,5 @@ def evaluate_generation(
 def next_token_loss(
     model, problems: Sequence[Problem], langs: Sequence[str], batch_size: int = 32, prepend_bos: bool | None = None
 ) -> dict[str, dict[str, float]]:
-    """Teacher-forced loss per language on ``prompt + " answer" + EOS``: all next tokens, and the answer's."""
-    out = {}
-    answers = [answer_text(p.answer) for p in problems]
-    for lang in langs:
-        prompts = tokenize(model, [p.prompts[lang] for p in problems], prepend_bos)
-        losses, lengths = _sequence_losses(model, prompts, answers, batch_size)
-        out[lang] = {"all_tokens": float(np.mean(np.concatenate(losses))),
-                     "answer_tokens": float(np.mean(np.concatenate([x[-k:] for x, k in zip(losses, lengths)])))}
-    return out
+    """:func:`completion_losses` per language: ``{lang: {"answer_loss", "number_loss", "sequence_loss"}}``."""
+    return {lang: completion_losses(model, problems, lang, batch_size, prepend_bos) for lang in langs}

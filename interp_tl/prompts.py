@@ -33,6 +33,24 @@ def load_templates() -> Mapping[str, Mapping[str, str]]:
     return MappingProxyType({lang: MappingProxyType(dict(raw["templates"][lang])) for lang in raw["languages"]})
 
 
+@lru_cache(maxsize=1)
+def load_answer_forms() -> Mapping[str, str]:
+    """Return ``{language: answer sentence}`` from the packaged JSON (``{answer}`` marks the number; read-only).
+
+    The embedded model answers a prompt with a space, its language's sentence and EOS, e.g. en
+    ``" The answer is 42."``; training, scoring and the studies read the sentences from here.
+    """
+    text = resources.files("interp_tl.data").joinpath("problem_templates.json").read_text("utf-8")
+    raw = json.loads(text)
+    return MappingProxyType({lang: raw["answers"][lang] for lang in raw["languages"]})
+
+
+def answer_sentence(answer: int, lang: str) -> str:
+    """The answer sentence of ``lang`` for ``answer`` (no leading space), e.g. ``"Jibu ni 42."`` in sw."""
+    check_languages([lang])
+    return load_answer_forms()[lang].format(answer=answer)
+
+
 def languages() -> tuple[str, ...]:
     """All language codes of the problem set, in the packaged order (zh en es ar ja ko sw)."""
     return tuple(load_templates())
