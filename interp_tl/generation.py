@@ -335,11 +335,16 @@ def score_answers(
     return AnswerScores(accuracy, language, exact, loss, number, completions, len(problems))
 
 
-_NUMBER = re.compile(r"-?\d+\.?\d*")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 def numbers_in(text: str) -> list[str]:
-    r"""The numbers in a generated text, as the research script reads them (``-?\d+\.?\d*``)."""
+    r"""The numbers in a generated text (``-?\d+(?:\.\d+)?``).
+
+    The research script reads ``-?\d+\.?\d*``, which takes a sentence's full stop into the number
+    (``"The answer is 42."`` gives ``"42."``, not the answer); here a decimal point belongs to a
+    number only when digits follow it.
+    """
     return _NUMBER.findall(text)
 
 
@@ -367,7 +372,8 @@ def _language_summary(langs_out: list[str], prompt_lang: str) -> dict[str, Any]:
     with_letters = [x for x in langs_out if x != "none"]
     preserved = sum(x == prompt_lang for x in with_letters) / len(with_letters) if with_letters else None
     counts_ordered = {k: counts[k] for k in LABELS if counts[k]}
-    return {"counts": counts_ordered, "preserved": preserved, "with_letters": len(with_letters)}
+    return {"counts": counts_ordered, "preserved": preserved, "with_letters": len(with_letters),
+            "in_language": counts[prompt_lang] / len(langs_out) if langs_out else None}
 
 
 def evaluate_generation(
@@ -381,8 +387,10 @@ def evaluate_generation(
     answered problems; the seed's FAT), ``mean_fat_tokens`` (the same in generated tokens),
     ``outputs`` (prompt, answer, correct, fat, gen, language) and ``lang_preservation`` (output
     languages by :func:`interp_tl.langid.identify_language`; ``preserved`` is the fraction of
-    outputs with letters that are in the prompt's language, None when no output has letters).
-    ``correct_mask`` (per problem, for paired tests) is kept beside them.
+    outputs with letters that are in the prompt's language, None when no output has letters;
+    ``in_language`` the fraction of all outputs identified as the prompt's language, an output
+    without letters counting as not). ``correct_mask`` and ``language_mask`` (per problem: correct;
+    identified as the prompt's language; for paired tests) are kept beside them.
 
     Pitfall: ``max_new_tokens`` is cut to what the context leaves after the longest prompt.
     """
@@ -419,6 +427,7 @@ def evaluate_generation(
             "outputs": rows,
             "lang_preservation": _language_summary(langs_out, lang),
             "correct_mask": mask,
+            "language_mask": [x == lang for x in langs_out],
         }
     return out
 

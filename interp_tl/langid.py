@@ -19,9 +19,9 @@ Method (pure Python, deterministic, no model or dependency):
 3. Latin-script text is scored for en, es and sw by word evidence: the lowercased text is split
    into runs of letters (accented letters included), and each word found in exactly one language's
    word list scores one for that language; a word in two lists (``la``, ``una``, ``a``) counts for
-   none. A language's word list is the vocabulary of its packaged problem templates (placeholders
-   removed) plus a hand-written list of common function words. Each of the Spanish-only characters
-   ñ á é í ó ú ü ¿ ¡ scores one more for es. The highest score wins; a tie at the top or no
+   none. A language's word list is the vocabulary of its packaged problem templates and answer
+   sentence (placeholders removed) plus a hand-written list of common function words. Each of the
+   Spanish-only characters ñ á é í ó ú ü ¿ ¡ scores one more for es. The highest score wins; a tie at the top or no
    evidence at all gives ``"latin"``.
 
 Pitfall: the word lists are short, so a Latin-script answer in another language (French, Latin
@@ -38,7 +38,7 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 
 from interp_tl.errors import BadInputError
-from interp_tl.prompts import char_script, load_templates
+from interp_tl.prompts import char_script, load_answer_forms, load_templates
 
 #: The problem set's languages that the identifier knows, in the packaged order.
 LANGUAGES: tuple[str, ...] = ("zh", "en", "es", "ar", "ja", "ko", "sw")
@@ -91,7 +91,7 @@ def _word_owner() -> Mapping[str, str]:
     owners: dict[str, set[str]] = {}
     for lang in LATIN_LANGUAGES:
         vocab = set(COMMON_WORDS[lang])
-        for template in templates[lang].values():
+        for template in [*templates[lang].values(), load_answer_forms()[lang]]:
             vocab.update(_words(_PLACEHOLDER.sub(" ", template)))
         for word in vocab:
             owners.setdefault(word, set()).add(lang)

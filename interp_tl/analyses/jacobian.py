@@ -293,7 +293,8 @@ def check_softmax_attention(model) -> None:
 
 
 def jacobian_statistics(
-    model, tokens: Tokenized, *, batch_size: int = 16, weight_gradients: bool = True, progress: bool = False
+    model, tokens: Tokenized, *, batch_size: int = 16, weight_gradients: bool = True, progress: bool = False,
+    answer_lengths: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The Jacobian statistics of ``model`` over sequences, batch by batch (weights unchanged).
 
@@ -304,6 +305,8 @@ def jacobian_statistics(
         weight_gradients: also the per-layer cosine of the W_Q/W_K gradient under the ``diag`` and
             ``ste`` surrogates to the true one (two more backward passes per batch).
         progress: show a progress bar.
+        answer_lengths: per sequence, how many of its last tokens the loss predicts (the answer's;
+            :func:`loss_mask`); None: every next token counts.
 
     Returns:
         :meth:`JacobianStats.result`, plus ``weight_gradient_cos`` ``{diag, ste: [per layer]}``
@@ -322,11 +325,12 @@ def jacobian_statistics(
     model.eval()
     try:
         for batch in batches(model, tokens, batch_size, progress, "jacobian: forward and backward passes"):
-            cache, true = pattern_gradients(model, batch)
+            counted = loss_mask(batch, answer_lengths)
+            cache, true = pattern_gradients(model, batch, counted)
             acc.add_cache(cache, batch.attention_mask)
             if weight_gradients:
                 for kind in ("autograd", "diag", "ste"):
-                    grads = true if kind == "autograd" else surrogate_gradients(model, batch, kind)
+                    grads = true if kind == "autograd" else surrogate_gradients(model, batch, kind, counted)
                     into = totals.setdefault(kind, {})
                     for i, g in grads.items():
                         into[i] = into[i] + g.double() if i in into else g.double()

@@ -22,8 +22,14 @@ Port of the research script ``expAG_kernel_surgery.py`` onto hook points and
    :func:`interp_tl.edits.energy_matched_basis`); exact McNemar tests per language and, pooled
    over languages, an exact stratified McNemar test and an exact sign-flip test by problem
    (:func:`interp_tl.stats.paired_binary_tests`); a **dose-response sweep** over k and alpha
-   (language, random and energy-matched subspaces); teacher-forced next-token loss on held-out
-   problems (``loss_seed``) before and after.
+   (language, random and energy-matched subspaces), of accuracy and of answer language; the same
+   paired tests for the language outcome (the output identified as the prompt's language by
+   :mod:`interp_tl.langid`); teacher-forced ``answer_loss`` (:data:`interp_tl.generation.ANSWER_LOSS`),
+   ``number_loss`` and ``sequence_loss`` on the loss set (``loss_n`` problems of ``loss_seed``)
+   before and after. For ``interp-tl/polyglot-toy`` the JSON counts, per category, the
+   (problem, language) pairs of the evaluation and loss sets that its training stream contained
+   (:func:`interp_tl.training_stream.trained_pairs`; ``evaluation_trained_pairs``,
+   ``loss.trained_pairs``); combinatorics is always trained on (memorisation).
 
 Default layers: the seed edited L9-L26 of Qwen2.5-3B's 36 layers; other models get the same
 fraction of depth, ``round(9/36 n)`` to ``round(27/36 n) - 1``.
@@ -80,7 +86,7 @@ class SurgeryConfig(PromptSettings):
         max_new_tokens: generation budget (128 as the research script; cut to what the context leaves).
         sweep_k: k values of the dose-response sweep, e.g. 1,2,5,10 (values above the data's rank are dropped).
         sweep_alpha: alpha values of the sweep, e.g. 0.25,0.5,1.
-        loss_n: problems for the next-token loss before/after.
+        loss_n: problems for the answer loss before/after (generate_problems(loss_n, loss_seed)).
         loss_seed: their problem-set seed.
         control_seed: seed of the random and energy-matched control subspaces.
     """
@@ -227,11 +233,16 @@ def random_bases(model, layers: list[int], k: int, seed: int) -> dict[int, Basis
 
 
 def _strip(results: Mapping[str, dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "correct_mask"} for r in results.values()]
+    return [{k: v for k, v in r.items() if k not in ("correct_mask", "language_mask")} for r in results.values()]
 
 
 def _mean_accuracy(results: Mapping[str, dict]) -> float:
     return float(np.mean([r["accuracy"] for r in results.values()]))
+
+
+def _mean_in_language(results: Mapping[str, dict]) -> float:
+    """Mean over languages of the fraction of outputs identified as the prompt's language."""
+    return float(np.mean([r["lang_preservation"]["in_language"] for r in results.values()]))
 
 
 def _subspaces(model, config: SurgeryConfig, layers: list[int], by_lang: Mapping[str, ActivationCache]):
@@ -305,8 +316,15 @@ def energy_report(writes: Mapping[int, np.ndarray], language: Mapping[int, Basis
     return {"positions": ENERGY_POSITIONS, "alpha": 1.0, "match_rtol": MATCH_RTOL, "per_layer": per_layer}
 
 
-def paired_tests(results: Mapping[str, Mapping[str, dict]], langs) -> tuple[dict, dict]:
+def paired_tests(results: Mapping[str, Mapping[str, dict]], langs, outcome: str = "correct_mask"
+                 ) -> tuple[dict, dict]:
     """Per language McNemar tests of :data:`COMPARISONS`, and the pooled tests across languages.
+
+    Args:
+        results: per condition, :func:`interp_tl.generation.evaluate_generation`'s results.
+        langs: the languages.
+        outcome: the per-problem binary outcome: ``correct_mask`` (accuracy) or ``language_mask``
+            (the output identified as the prompt's language).
 
     Returns:
         ``{lang: {comparison: mcnemar}}`` and ``{"methods": {...}, "tests": {comparison:
@@ -314,7 +332,7 @@ def paired_tests(results: Mapping[str, Mapping[str, dict]], langs) -> tuple[dict
     """
     from interp_tl import stats
 
-    masks = {cond: {lang: res[lang]["correct_mask"] for lang in langs} for cond, res in results.items()}
+    masks = {cond: {lang: res[lang][outcome] for lang in langs} for cond, res in results.items()}
     tests = {name: stats.paired_binary_tests(masks[before], masks[after])
              for name, (before, after) in COMPARISONS.items()}
     per_lang = {lang: {name: tests[name]["per_stratum"][lang] for name in COMPARISONS} for lang in langs}
@@ -348,7 +366,9 @@ def _sweep(model, config: SurgeryConfig, layers, problems, sweep_k, conditions, 
                         res = evaluate_generation(model, problems, config.langs, config.max_new_tokens,
                                                   config.batch_size, config.prepend_bos)
                 sweep.append({"k": k, "alpha": alpha, "subspace": name, "mean_accuracy": _mean_accuracy(res),
-                              "accuracy": {lang: r["accuracy"] for lang, r in res.items()}})
+                              "accuracy": {lang: r["accuracy"] for lang, r in res.items()},
+                              "mean_in_language": _mean_in_language(res),
+                              "in_language": {lang: r["lang_preservation"]["in_language"] for lang, r in res.items()}})
                 bar.update()
     bar.close()
     return sweep
@@ -359,7 +379,8 @@ def analyse(model, config: SurgeryConfig, prompts: ParallelPrompts, caches: dict
     """Subspaces and MLP writes from the fit cache, then the edits and their evaluations (these run the model)."""
     from interp_tl.cache import split_languages
     from interp_tl.edits import Basis, projected_mlp_writes, residual_basis
-    from interp_tl.generation import evaluate_generation, next_token_loss
+    from interp_tl.generation import ANSWER_LOSS, NUMBER_LOSS, SEQUENCE_LOSS, evaluate_generation, next_token_loss
+    from interp_tl.training_stream import model_trained_pairs
 
     layers = edited_layers(model, config)
     by_lang = split_languages(caches["fit"], prompts.langs)
@@ -377,7 +398,7 @@ def analyse(model, config: SurgeryConfig, prompts: ParallelPrompts, caches: dict
                 "energy_matched": {layer: m.basis for layer, m in matched.items()}}
 
     problems = seed_test_problems(config.eval_per_category, langs=config.langs)
-    loss_problems = generate_problems(config.loss_n, config.loss_seed)
+    loss_problems = generate_problems(config.loss_n, config.loss_seed, config.langs)
 
     def evaluate(edit, label: str) -> tuple[dict, dict]:
         with edit:
@@ -400,6 +421,7 @@ def analyse(model, config: SurgeryConfig, prompts: ParallelPrompts, caches: dict
             (("language", "surgery"), ("random", "random_control"), ("energy_matched", "energy_matched_control"))}
     sweep = _sweep(model, config, layers, problems, sweep_k, conditions, done, progress)
     per_lang, pooled = paired_tests(results, config.langs)
+    per_lang_language, pooled_language = paired_tests(results, config.langs, "language_mask")
     data = {
         "experiment": "kernel_surgery",
         "surgery_layers": layers,
@@ -411,16 +433,25 @@ def analyse(model, config: SurgeryConfig, prompts: ParallelPrompts, caches: dict
         **{cond: _strip(results[cond]) for cond in CONDITIONS},
         "paired_tests": per_lang,
         "paired_tests_pooled": pooled,
+        "paired_tests_language": per_lang_language,
+        "paired_tests_language_pooled": pooled_language,
         "sweep": sweep,
         "sweep_k_dropped_above_rank": dropped,
-        "loss": {"held_out": {"n": config.loss_n, "seed": config.loss_seed}, **losses},
+        "loss": {"problems": {"n": config.loss_n, "seed": config.loss_seed},
+                 "definitions": {"answer_loss": ANSWER_LOSS, "number_loss": NUMBER_LOSS,
+                                 "sequence_loss": SEQUENCE_LOSS},
+                 "trained_pairs": model_trained_pairs(model, loss_problems, config.langs), **losses},
+        "evaluation_trained_pairs": model_trained_pairs(model, problems, config.langs),
         "subspace": {str(layer): {"variance_explained": float(s.scree[: config.k].sum()),
                                   "scree": [float(x) for x in s.scree[:20]], "rank": s.rank}
                      for layer, s in subspaces.items()},
         "removed_energy": energy_report(writes, main["language"], main["random"], matched_by_k[config.k]),
         "fit_set": fit_set(config, prompts),
         "residual_basis": kind,
-        "summary": {f"{cond}_mean_accuracy": _mean_accuracy(results[cond]) for cond in CONDITIONS},
+        "summary": {**{f"{cond}_mean_accuracy": _mean_accuracy(results[cond]) for cond in CONDITIONS},
+                    **{f"{cond}_mean_in_language": _mean_in_language(results[cond]) for cond in CONDITIONS},
+                    **{f"{cond}_mean_answer_loss": float(np.mean([v["answer_loss"] for v in losses[cond].values()]))
+                       for cond in CONDITIONS}},
     }
     prov = study_provenance(
         model, "surgery", config, {**prompts.identity(), "hook": config.fit_hook}, layers=layers,
@@ -442,7 +473,11 @@ def run_surgery(model, config: SurgeryConfig = SurgeryConfig(), progress: bool =
         and ``energy_matched_control`` (same lists), ``removed_energy`` (per layer the fraction of
         the MLP write's energy each condition removes), ``fit_set`` (drawn problems that were
         evaluated ones and replaced, overlap with the evaluated sets: 0), ``paired_tests`` (per
-        language), ``paired_tests_pooled`` (across languages), ``sweep``, ``loss`` and ``subspace``.
+        language), ``paired_tests_pooled`` (across languages), ``paired_tests_language`` and
+        ``paired_tests_language_pooled`` (the same for the answer's language), ``sweep`` (accuracy and
+        language per k and alpha), ``loss`` (``answer_loss``, ``number_loss``, ``sequence_loss`` per
+        condition and language, their definitions, ``trained_pairs``), ``evaluation_trained_pairs``
+        and ``subspace``.
 
     Raises:
         BadInputError: alpha outside [0, 1], k >= d_model or above the data's rank, unknown
@@ -453,48 +488,56 @@ def run_surgery(model, config: SurgeryConfig = SurgeryConfig(), progress: bool =
     return analyse(model, config, prompts, extract_caches(model, config, prompts, progress), progress)
 
 
+def _dose_response(ax, data: dict, key: str, baseline: float, ylabel: str, title: str) -> None:
+    """One dose-response panel: ``key`` (mean over languages) against k, per subspace and alpha."""
+    colours = {"language": "tab:orange", "random": "tab:green", "energy_matched": "tab:red"}
+    alphas = sorted({s["alpha"] for s in data["sweep"]}, reverse=True)
+    styles = dict(zip(alphas, ("-", "--", ":", "-.")))
+    for kind, colour in colours.items():
+        for alpha in alphas:
+            pts = sorted((s["k"], s[key]) for s in data["sweep"]
+                         if s["subspace"] == kind and s["alpha"] == alpha and s.get(key) is not None)
+            if pts:
+                ax.plot(*zip(*pts), styles.get(alpha, "-"), color=colour, marker="o", ms=3,
+                        label=f"{kind.replace('_', '-')} axes, α={alpha:g}")
+    ax.axhline(baseline, color="k", lw=0.8, label="baseline")
+    ks = sorted({s["k"] for s in data["sweep"]})
+    ax.set(ylim=(0, 1.05), xscale="log", xlabel="k (axes removed per layer)", ylabel=ylabel, title=title)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()
+
+
 def plot(result: StudyResult):
-    """Accuracy and language preservation per language (baseline / surgery / controls) and the dose-response."""
+    """Accuracy and answer language per language (baseline / surgery / controls) and both dose-responses."""
     data = result.data
     labels = {"baseline": "baseline", "surgery": "surgery", "random_control": "random control",
               "energy_matched_control": "energy-matched control"}
     conditions = [(key, labels[key]) for key in CONDITIONS if key in data]
     langs = [r["lang"] for r in data["baseline"]]
     x = np.arange(len(langs))
-    fig = figure((15, 5))
-    ax_acc, ax_lang, ax_sweep = fig.subplots(1, 3)
+    fig = figure((20, 5.5))
+    ax_acc, ax_lang, ax_sweep, ax_sweep_lang = fig.subplots(1, 4)
     width = 0.8 / len(conditions)
     for i, (key, label) in enumerate(conditions):
         rows = data[key]
         offset = (i - (len(conditions) - 1) / 2) * width
         ax_acc.bar(x + offset, [r["accuracy"] for r in rows], width, label=label)
-        kept = [r["lang_preservation"]["preserved"] for r in rows]
-        ax_lang.bar(x + offset, [np.nan if v is None else v for v in kept], width, label=label)
+        ax_lang.bar(x + offset, [r["lang_preservation"]["in_language"] for r in rows], width, label=label)
     ax_acc.set_xticks(x, langs)
     ax_acc.set(ylim=(0, 1.05), ylabel="accuracy (answer among generated numbers)", title="accuracy")
     ax_acc.legend(fontsize=7)
     ax_lang.set_xticks(x, langs)
-    ax_lang.set(ylim=(0, 1.05), ylabel="outputs in the prompt's language", title="language preservation")
-    if all(r["lang_preservation"]["preserved"] is None for key, _ in conditions for r in data[key]):
+    ax_lang.set(ylim=(0, 1.05), ylabel="outputs identified as the prompt's language (langid)",
+                title="language preservation")
+    if all(r["lang_preservation"]["with_letters"] == 0 for key, _ in conditions for r in data[key]):
         ax_lang.text(0.5, 0.5, "no output has letters\n(answers are digits only)", ha="center", va="center",
                      transform=ax_lang.transAxes, fontsize=8)
-    colours = {"language": "tab:orange", "random": "tab:green", "energy_matched": "tab:red"}
-    alphas = sorted({s["alpha"] for s in data["sweep"]}, reverse=True)
-    styles = dict(zip(alphas, ("-", "--", ":", "-.")))
-    for kind, colour in colours.items():
-        for alpha in alphas:
-            pts = sorted((s["k"], s["mean_accuracy"]) for s in data["sweep"]
-                         if s["subspace"] == kind and s["alpha"] == alpha)
-            if pts:
-                ax_sweep.plot(*zip(*pts), styles.get(alpha, "-"), color=colour, marker="o", ms=3,
-                              label=f"{kind.replace('_', '-')} axes, α={alpha:g}")
-    ax_sweep.axhline(data["summary"]["baseline_mean_accuracy"], color="k", lw=0.8, label="baseline")
-    ks = sorted({s["k"] for s in data["sweep"]})
-    ax_sweep.set(ylim=(0, 1.05), xscale="log", xlabel="k (axes removed per layer)", ylabel="mean accuracy",
-                 title="dose-response")
-    ax_sweep.set_xticks(ks, [str(k) for k in ks])
-    ax_sweep.minorticks_off()
-    ax_sweep.legend(fontsize=6, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
+    summary = data["summary"]
+    _dose_response(ax_sweep, data, "mean_accuracy", summary["baseline_mean_accuracy"], "mean accuracy",
+                   "dose-response: accuracy")
+    _dose_response(ax_sweep_lang, data, "mean_in_language", summary["baseline_mean_in_language"],
+                   "mean fraction in the prompt's language", "dose-response: language")
+    ax_sweep.legend(fontsize=6, ncol=2, loc="upper center", bbox_to_anchor=(1.1, -0.18), frameon=False)
     model = result.provenance["model"]
     fig.suptitle(f"{model['name']} ({model['processing']}), layers {data['surgery_layers']}, "
                  f"k={data['n_lang_dims']}, α={data['alpha']:g}, {data['n_test_problems']} problems", fontsize=9)
@@ -502,10 +545,11 @@ def plot(result: StudyResult):
 
 
 def headline(result: StudyResult) -> str:
-    """What removing the language axes does to accuracy, against both controls, with the pooled exact p."""
+    """What removing the language axes does to accuracy and answer language, against the controls, with exact p."""
     data = result.data
     s = data["summary"]
     pooled = data["paired_tests_pooled"]["tests"]
+    lang = data["paired_tests_language_pooled"]["tests"]
     layers = data["surgery_layers"]
     where = f"layers {layers[0]}-{layers[-1]}" if len(layers) > 1 else f"layer {layers[0]}"
     return (f"removing {data['n_lang_dims']} language axes from the MLP writes of {where}: mean accuracy "
@@ -513,7 +557,11 @@ def headline(result: StudyResult) -> str:
             f"{pooled['surgery_vs_baseline']['pooled']['p_value']:.2g}); random axes "
             f"{s['random_control_mean_accuracy']:.3f}, energy-matched axes "
             f"{s['energy_matched_control_mean_accuracy']:.3f} (p vs surgery "
-            f"{pooled['surgery_vs_energy_matched']['pooled']['p_value']:.2g})")
+            f"{pooled['surgery_vs_energy_matched']['pooled']['p_value']:.2g}); answers in the prompt's language "
+            f"{s['baseline_mean_in_language']:.3f} -> {s['surgery_mean_in_language']:.3f} (p "
+            f"{lang['surgery_vs_baseline']['pooled']['p_value']:.2g}), random axes "
+            f"{s['random_control_mean_in_language']:.3f}, energy-matched "
+            f"{s['energy_matched_control_mean_in_language']:.3f}")
 
 
 STUDY = Study(

@@ -168,3 +168,51 @@ def test_bad_input(tmp_path, ln_model):
         run_jacobian(types.SimpleNamespace(hook_dict={}, cfg=ln_model.cfg), JacobianConfig())
     with pytest.raises(BadInputError, match="unknown softmax backward"):
         softmax_backward(torch.ones(1), torch.ones(1), "lateral")
+
+
+def test_answer_loss_option_counts_exactly_the_completion_tokens(polyglot_model):
+    """The loss differentiated under loss_tokens=answer is, per sequence, the mean of generation's answer-token losses."""
+    from interp_tl.analyses.jacobian import loss_mask, sequence_loss
+    from interp_tl.generation import answer_text, answer_token_losses
+    from interp_tl.prompts import generate_problems
+    from interp_tl.studies.jacobian import sequences
+    from interp_tl.tokens import tokenize
+
+    config = JacobianConfig(n_problems=5, langs=("ko", "es"))
+    tokens, lengths, _ = sequences(polyglot_model, config)
+    problems = generate_problems(5, 42, ["ko", "es"])
+    pairs = [(p.prompts[lang], answer_text(p.answer, lang)) for p in problems for lang in ("ko", "es")]
+    reference = answer_token_losses(polyglot_model, tokenize(polyglot_model, [q for q, _ in pairs]),
+                                    [a for _, a in pairs])
+    assert lengths == [len(r) for r in reference]
+    (batch,) = batches(polyglot_model, tokens, batch_size=len(tokens))
+    with torch.inference_mode():
+        answer = float(sequence_loss(polyglot_model, batch, loss_mask(batch, lengths)))
+        every = float(sequence_loss(polyglot_model, batch))
+    assert answer == pytest.approx(sum(float(np.mean(r)) for r in reference), rel=1e-5)
+    assert abs(answer - every) > 1.0  # the prompt tokens, never a training target, weigh a lot: the choice matters
+
+
+def test_loss_tokens_default_and_provenance(polyglot_model, toy_model, tmp_path):
+    from interp_tl.training_stream import trained_pairs
+
+    config = JacobianConfig(n_problems=5, langs=("zh", "en"), weight_gradients=False)
+    result = run_jacobian(polyglot_model, config)
+    assert result.provenance["loss_tokens"] == result.data["loss_tokens"] == "answer"
+    assert "completion" in result.provenance["loss"]
+    from interp_tl.prompts import generate_problems
+
+    assert result.data["trained_pairs"] == trained_pairs(generate_problems(5, 42), ("zh", "en"))
+    assert set(result.data["answer_loss"]) == {"zh", "en"}
+    every = run_jacobian(polyglot_model, JacobianConfig(n_problems=5, langs=("zh", "en"), weight_gradients=False,
+                                                        loss_tokens="all"))
+    assert every.provenance["loss_tokens"] == "all"
+    assert every.data["layers"]["cos_diag"] != result.data["layers"]["cos_diag"]
+    toy = run_jacobian(toy_model, JacobianConfig(n_problems=5, langs=("zh",), weight_gradients=False))
+    assert toy.data["loss_tokens"] == "all" and toy.data["trained_pairs"] is None
+    text = tmp_path / "t.txt"
+    text.write_text("Calculate 1 + 2.\n", "utf-8")
+    with pytest.raises(BadInputError, match="loss_tokens=answer needs the problem set"):
+        JacobianConfig(text_file=str(text), loss_tokens="answer")
+    with pytest.raises(BadInputError, match="loss_tokens must be"):
+        JacobianConfig(loss_tokens="prompt")

@@ -85,7 +85,7 @@ def test_answer_losses_use_a_float32_log_softmax(bf16_model):
 
     problems = generate_problems(5, seed=4)
     tokens = tokenize(bf16_model, [p.prompts["en"] for p in problems])
-    answers = [answer_text(p.answer) for p in problems]
+    answers = [answer_text(p.answer, "en") for p in problems]
     got = answer_token_losses(bf16_model, tokens, answers, batch_size=1)  # no padding: the same forward as below
     tok = bf16_model.tokenizer
     for ids, answer, loss in zip(tokens.ids, answers, got):

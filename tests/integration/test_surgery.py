@@ -103,7 +103,7 @@ def test_same_config_same_numbers(polyglot_model, small_run):
 def test_removing_language_axes_moves_the_answer_loss(small_run):
     """Not vacuous: the edit changes what the model predicts."""
     loss = small_run.data["loss"]
-    assert any(abs(loss["surgery"][lang]["answer_tokens"] - loss["baseline"][lang]["answer_tokens"]) > 1e-3
+    assert any(abs(loss["surgery"][lang]["answer_loss"] - loss["baseline"][lang]["answer_loss"]) > 1e-3
                for lang in ("zh", "en", "sw"))
 
 
@@ -155,7 +155,8 @@ def test_bad_config(polyglot_model, changes, error, message):
 
 
 def test_numbers_and_first_answer_positions_follow_the_seed():
-    assert numbers_in("C(10, 3) = 120. So 120.5 or -3") == ["10", "3", "120.", "120.5", "-3"]
+    assert numbers_in("C(10, 3) = 120. So 120.5 or -3") == ["10", "3", "120", "120.5", "-3"]
+    assert numbers_in("The answer is 42.") == ["42"]  # the seed's regex read "42.": a full stop is not a decimal
     assert first_answer_word("The answer is 120 apples", 120) == 3
     assert first_answer_word("答案是120", 120) == 0
     assert first_answer_word("no number", 120) == -1
@@ -170,15 +171,18 @@ def test_batched_evaluation_equals_one_prompt_at_a_time(polyglot_model):
     for lang in ("ko", "ar"):
         assert batched[lang]["outputs"] == alone[lang]["outputs"]
         assert batched[lang]["correct_mask"] == [o["correct"] for o in batched[lang]["outputs"]]
-        # digits-only answers have no letters: no language to preserve
-        assert batched[lang]["lang_preservation"] == {"counts": {"none": 15}, "preserved": None, "with_letters": 0}
+        assert batched[lang]["language_mask"] == [o["language"] == lang for o in batched[lang]["outputs"]]
+        kept = batched[lang]["lang_preservation"]
+        assert kept["in_language"] == pytest.approx(np.mean(batched[lang]["language_mask"]))
+        assert kept["in_language"] > 0.5  # the embedded model answers in words of the prompt's language
 
 
 def test_language_preservation_counts_outputs_with_letters():
     from interp_tl.generation import _language_summary
 
     summary = _language_summary(["en", "en", "es", "none", "latin"], "en")
-    assert summary == {"counts": {"en": 2, "es": 1, "none": 1, "latin": 1}, "preserved": 0.5, "with_letters": 4}
+    assert summary == {"counts": {"en": 2, "es": 1, "none": 1, "latin": 1}, "preserved": 0.5, "with_letters": 4,
+                       "in_language": 0.4}
 
 
 def test_k_by_the_variance_rule(polyglot_model):
@@ -306,3 +310,52 @@ def test_pooled_tests_pool_the_languages(small_run):
         by_problem = pooled["tests"][name]["by_problem"]
         assert by_problem["gained_minus_lost"] == gained - lost and by_problem["n_items"] == 10
     assert any(pooled["tests"][name]["pooled"]["discordant"] for name in pairs)  # something to test
+
+
+def test_language_outcome_has_its_paired_tests_and_dose_response(small_run):
+    from interp_tl.stats import paired_binary_tests
+
+    data = small_run.data
+    masks = {cond: {row["lang"]: [o["language"] == row["lang"] for o in row["outputs"]] for row in data[cond]}
+             for cond in ("baseline", "surgery")}
+    expected = paired_binary_tests(masks["baseline"], masks["surgery"])
+    for lang in SMALL.langs:
+        assert data["paired_tests_language"][lang]["surgery_vs_baseline"] == expected["per_stratum"][lang]
+    pooled = data["paired_tests_language_pooled"]["tests"]["surgery_vs_baseline"]["pooled"]
+    assert pooled["p_value"] == expected["pooled"]["p_value"]
+    for cond in ("baseline", "surgery", "random_control", "energy_matched_control"):
+        rates = [row["lang_preservation"]["in_language"] for row in data[cond]]
+        assert data["summary"][f"{cond}_mean_in_language"] == pytest.approx(np.mean(rates))
+    sweep = {(s["k"], s["subspace"]): s for s in data["sweep"]}
+    assert sweep[(3, "language")]["in_language"] == {r["lang"]: r["lang_preservation"]["in_language"]
+                                                      for r in data["surgery"]}
+
+
+def test_surgery_reports_its_trained_pair_counts(small_run):
+    from interp_tl.prompts import generate_problems
+    from interp_tl.training_stream import trained_pairs
+
+    data = small_run.data
+    loss_set = generate_problems(SMALL.loss_n, SMALL.loss_seed)
+    assert data["loss"]["trained_pairs"] == trained_pairs(loss_set, SMALL.langs)
+    assert data["evaluation_trained_pairs"] == trained_pairs(seed_test_problems(SMALL.eval_per_category),
+                                                             SMALL.langs)
+    assert set(data["loss"]["definitions"]) == {"answer_loss", "number_loss", "sequence_loss"}
+
+
+def test_surgery_on_another_model_has_no_trained_pair_counts(toy_model):
+    config = SurgeryConfig(layers=(1,), k=2, n_pairs=10, langs=("zh", "en"), eval_per_category=1,
+                           sweep_k=(2,), sweep_alpha=(1.0,), loss_n=5, max_new_tokens=3)
+    data = run_surgery(toy_model, config).data
+    assert data["loss"]["trained_pairs"] is None and data["evaluation_trained_pairs"] is None
+
+
+def test_model_card_and_surgery_report_the_same_answer_loss(polyglot_model, small_run):
+    from interp_tl.generation import score_answers
+    from interp_tl.prompts import generate_problems
+
+    problems = generate_problems(SMALL.loss_n, SMALL.loss_seed)
+    card = score_answers(polyglot_model, problems, SMALL.langs)
+    for lang in SMALL.langs:
+        assert card.answer_loss[lang] == pytest.approx(small_run.data["loss"]["baseline"][lang]["answer_loss"],
+                                                       rel=1e-5, abs=1e-7)

@@ -109,3 +109,26 @@ def test_bad_input_raises():
         identify_language(42)
     with pytest.raises(BadInputError, match="needs a string"):
         language_counts(["ok", None])
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("answer", [0, 7, 42, 1234567])
+def test_every_answer_sentence_is_identified_as_its_language(lang, answer):
+    from interp_tl.generation import answer_text
+    from interp_tl.prompts import answer_sentence
+
+    assert identify_language(answer_sentence(answer, lang)) == lang
+    assert identify_language(answer_text(answer, lang)) == lang  # the completion: leading space
+    assert identify_language(f" {answer}") == "none"  # the number alone has no language
+
+
+def test_answer_sentences_are_distinct_and_hold_the_number_once():
+    from interp_tl.generation import extract_answer, numbers_in
+    from interp_tl.prompts import answer_sentence, load_answer_forms
+
+    forms = load_answer_forms()
+    assert list(forms) == list(languages())
+    assert len(set(forms.values())) == len(forms)
+    for lang in forms:
+        text = answer_sentence(9081, lang)
+        assert numbers_in(text) == ["9081"] and extract_answer(text) == 9081
