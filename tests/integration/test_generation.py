@@ -150,3 +150,27 @@ def test_copy_free_attention_changes_no_number_and_restores_the_weights(make_mod
     for name, p in model.named_parameters():
         data, values, stride = before[name]
         assert p.data.data_ptr() == data.data_ptr() and p.data.stride() == stride and torch.equal(p.data, values)
+
+
+@pytest.mark.parametrize("model_name", ["toy_model", "polyglot_model"])
+def test_completion_losses_are_the_answer_token_losses_and_their_digits(model_name, request):
+    """answer_loss: every completion token (opening space, sentence, EOS); number_loss: the answer's digits only
+    (one token per digit in both tokenizers); sequence_loss: every next token, prompt included."""
+    import numpy as np
+
+    from interp_tl.generation import answer_text, answer_token_losses, completion_losses
+
+    model = request.getfixturevalue(model_name)
+    problems = generate_problems(10, 3)
+    for lang in ("en", "ja"):
+        answers = [answer_text(p.answer, lang) for p in problems]
+        per = answer_token_losses(model, tokenize(model, [p.prompts[lang] for p in problems]), answers)
+        got = completion_losses(model, problems, lang)
+        assert got["answer_loss"] == pytest.approx(float(np.mean(np.concatenate(per))), rel=1e-9)
+        digits = []
+        for p, a, losses in zip(problems, answers, per):
+            ids = model.tokenizer(a, add_special_tokens=False)["input_ids"]
+            start = next(i for i, t in enumerate(ids) if any(c.isdigit() for c in model.tokenizer.decode([t])))
+            digits.append(losses[start:start + len(str(p.answer))])  # one token per digit, consecutive
+        assert got["number_loss"] == pytest.approx(float(np.mean(np.concatenate(digits))), rel=1e-9)
+        assert got["sequence_loss"] != got["answer_loss"]

@@ -208,7 +208,7 @@ def test_loss_tokens_default_and_provenance(polyglot_model, toy_model, tmp_path)
                                                         loss_tokens="all"))
     assert every.provenance["loss_tokens"] == "all"
     assert every.data["layers"]["cos_diag"] != result.data["layers"]["cos_diag"]
-    toy = run_jacobian(toy_model, JacobianConfig(n_problems=5, langs=("zh",), weight_gradients=False))
+    toy = run_jacobian(toy_model, JacobianConfig(n_problems=5, langs=("zh", "en"), weight_gradients=False))
     assert toy.data["loss_tokens"] == "all" and toy.data["trained_pairs"] is None
     text = tmp_path / "t.txt"
     text.write_text("Calculate 1 + 2.\n", "utf-8")
