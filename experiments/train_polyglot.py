@@ -337,8 +337,9 @@ def plot_losses(training: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _table(values: dict, rows: list[str], langs: list[str], counts: dict | None = None) -> list[str]:
-    head = "| category | " + " | ".join(langs) + (" | trained pairs |" if counts else " |")
+def _table(values: dict, rows: list[str], langs: list[str], counts: dict | None = None,
+           first: str = "category") -> list[str]:
+    head = f"| {first} | " + " | ".join(langs) + (" | trained pairs |" if counts else " |")
     out = [head, "|---|" + "---|" * (len(langs) + bool(counts))]
     for row in rows:
         cells = " | ".join(f"{100 * values[lang][row]:.0f}%" for lang in langs)
@@ -363,7 +364,7 @@ def model_card(training: dict) -> str:
         lang_rows = {lang: {"language": table["language"][lang], "exact": table["exact"][lang]} for lang in langs}
         lines.append(f"Answer language by `langid` and exact answer sentence, seed {seed}:")
         lines.append("")
-        lines += _table(lang_rows, ["language", "exact"], langs)
+        lines += _table(lang_rows, ["language", "exact"], langs, first="answers")
         lines.append("")
         loss = table["answer_loss"]
         lines.append(

@@ -537,7 +537,7 @@ def plot(result: StudyResult):
                    "dose-response: accuracy")
     _dose_response(ax_sweep_lang, data, "mean_in_language", summary["baseline_mean_in_language"],
                    "mean fraction in the prompt's language", "dose-response: language")
-    ax_sweep.legend(fontsize=6, ncol=2, loc="upper center", bbox_to_anchor=(1.1, -0.18), frameon=False)
+    ax_sweep.legend(fontsize=6, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
     model = result.provenance["model"]
     fig.suptitle(f"{model['name']} ({model['processing']}), layers {data['surgery_layers']}, "
                  f"k={data['n_lang_dims']}, α={data['alpha']:g}, {data['n_test_problems']} problems", fontsize=9)

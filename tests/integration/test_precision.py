@@ -99,18 +99,20 @@ def test_answer_losses_use_a_float32_log_softmax(bf16_model):
 
 def test_softmax_backward_statistics_in_float(bf16_model):
     """r_diag of the Jacobian study on a bfloat16 model equals the float64 formula on its own pattern gradients."""
-    from interp_tl.analyses.jacobian import pattern_gradients
+    from interp_tl.analyses.jacobian import loss_mask, pattern_gradients
     from interp_tl.batching import batches
     from interp_tl.studies import JacobianConfig, run_jacobian
     from interp_tl.studies.jacobian import sequences
 
     config = JacobianConfig(n_problems=5, langs=("en", "zh"), batch_size=64, weight_gradients=False)
-    got = np.array(run_jacobian(bf16_model, config).data["layers"]["r_diag"])
-    tokens, _ = sequences(bf16_model, config)
+    result = run_jacobian(bf16_model, config).data
+    got = np.array(result["layers"]["r_diag"])
+    tokens, lengths, _ = sequences(bf16_model, config)
     (batch,) = batches(bf16_model, tokens, batch_size=64)
     real = batch.attention_mask.bool()
     width = real.shape[1]
-    cache, _ = pattern_gradients(bf16_model, batch)
+    cache, _ = pattern_gradients(bf16_model, batch, loss_mask(batch, lengths if result["loss_tokens"] == "answer"
+                                                                   else None))
     valid = (real[:, None, :, None] & real[:, None, None, :] & torch.ones(width, width).tril().bool()).double()
     patterns = {layer: (cache[f"blocks.{layer}.attn.hook_pattern"], cache[f"blocks.{layer}.attn.hook_pattern_grad"])
                 for layer in range(bf16_model.cfg.n_layers)}

@@ -241,7 +241,7 @@ def test_energy_matched_control_removes_what_the_language_axes_remove(polyglot_m
         assert report[str(layer)]["matched"] is True
         # the plain control is the small edit the issue found: a fraction of what the language axes remove
         assert measured["random_control"] < 0.5 * measured["language"]
-        assert measured["language"] > 0.1
+        assert measured["language"] > 0.05  # k = 3 here; the retrained weights: about 0.1 per layer
 
 
 def test_energy_matched_generations_are_in_the_sweep(small_run):
