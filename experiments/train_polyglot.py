@@ -27,7 +27,7 @@ What it does, deterministically from :class:`Recipe` (seed 0):
 Writes the package files (``config.json``, ``model.safetensors``, tokenizer, ``training.json``)
 to ``--out`` and the loss curve and model card to ``--report``. From the repository root::
 
-    python experiments/train_polyglot.py                      # full recipe (about 30 min on 2 quiet cores)
+    python experiments/train_polyglot.py                      # full recipe (29.9 min: 1 thread, shared machine)
     python experiments/train_polyglot.py --check              # short retrain vs the shipped losses
 
 ``--check`` rebuilds the tokenizer (must equal the shipped one), retrains the first
