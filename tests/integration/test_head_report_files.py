@@ -68,4 +68,3 @@ def test_files_with_circuitsvis(patterns, monkeypatch):
         assert attention.shape == (1, len(tokens), len(tokens))  # [heads, query, key], as circuitsvis takes it
         assert np.array_equal(attention[0], np.array(entry["pattern"]))
         assert f"<div>view {len(tokens)}</div>" in page
-
