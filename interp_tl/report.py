@@ -244,7 +244,8 @@ def write_index(out_dir: str | os.PathLike) -> list[Path]:
     the index never describes another run than its files; when the files come from more than one
     run (another command-line run id, model or weights) the index says so at the top.
     ``index.html`` (:mod:`interp_tl.htmlpage`) adds each study's figure, key table and provenance, and
-    the ``interp-tl head`` reports present (``head_L{l}H{h}.json``) with their attention patterns.
+    the ``interp-tl head`` reports present (``head_L{l}H{h}.json``) with their attention patterns; a
+    head report counts as another run only when it comes from another model, processing or weights.
     """
     from interp_tl.studies import STUDIES
 
@@ -257,9 +258,10 @@ def write_index(out_dir: str | os.PathLike) -> list[Path]:
         files = [f"{r.study}.json"] + [n for n in (f"{r.study}.png",) if (out / n).is_file()]
         entries.append({"study": r.study, "files": files, "headline": STUDIES[r.study].headline(r),
                         "docs": STUDIES[r.study].docs, "run": _summary(r.provenance)})
-    runs = {json.dumps([e["run"][k] for k in ("id", "model", "processing", "weights_fingerprint")])
-            for e in entries + head_entries}
-    mixed = len(runs) > 1
+    runs = {json.dumps([e["run"][k] for k in ("id", "model", "processing", "weights_fingerprint")]) for e in entries}
+    models = {json.dumps([e["run"][k] for k in ("model", "processing", "weights_fingerprint")])
+              for e in entries + head_entries}  # a head report is a later command on the same model
+    mixed = len(runs) > 1 or len(models) > 1
     index = {"studies": entries, "heads": head_entries, "mixed_runs": mixed,
              "versions": (results or heads)[0].provenance.get("versions") if results or heads else None}
     lines = ["# interp_tl results", ""]

@@ -80,6 +80,7 @@ def test_the_page_is_self_contained_and_shows_every_study(report_run):
         assert f'<img src="{entry["study"]}.png"' in text and f'href="{entry["study"]}.json"' in text
     assert [e["study"] for e in index["studies"]] == list(STUDIES)
     assert [e["head"] for e in index["heads"]] == ["L1H3"]
+    assert index["mixed_runs"] is False and "more than one run" not in text  # a head report adds, same model
     assert '<img src="head_L1H3.png"' in text and 'href="head_L1H3.json"' in text
     assert text.count("<details><summary>Provenance</summary>") == len(STUDIES) + 1
     # the key table holds the JSON's numbers (alignment: the exact-null z per layer)
@@ -104,6 +105,10 @@ def test_the_head_figure_and_the_index_of_a_single_study(report_run, tmp_path):
                                                      "index.md"]
     assert page_problems(out, (out / "index.html").read_text("utf-8")) == []
     assert (report_run / "head_L1H3.png").read_bytes()[:4] == b"\x89PNG"
+    # a head report from another model makes the folder a mixed one, and the page says so
+    assert main(["head", "0.1", *FAST, "--model", "interp-tl/toy-random", "--out", str(out)]) == 0
+    assert json.loads((out / "index.json").read_text("utf-8"))["mixed_runs"] is True
+    assert "more than one run" in (out / "index.html").read_text("utf-8")
 
 
 def _browser() -> str | None:
