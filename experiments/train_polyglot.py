@@ -359,7 +359,7 @@ def plot_losses(training: dict, path: Path) -> None:
 
 
 def model_card(training: dict) -> str:
-    """The README's accuracy table: held-out greedy exact match per category and language."""
+    """The model card's accuracy table (docs/polyglot-toy-v1.md): held-out greedy exact match per category, language."""
     acc = training["final"]["accuracy"]
     langs = list(acc)
     rows = ["| category | " + " | ".join(langs) + " |", "|---|" + "---|" * len(langs)]
