@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     head.add_argument("head", help="the head as L.H")
     _model_args(head)
     _add_config(head, HeadsConfig, skip=("top",))
-    every = sub.add_parser("all", help="every study into one folder, with index.md")
+    every = sub.add_parser("all", help="every study into one folder, with index.md and index.html")
     _model_args(every)
     _add_all(every, STUDIES)
     return parser
