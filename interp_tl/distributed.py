@@ -1,7 +1,7 @@
 """Prompt-sharded extraction on ``torch.distributed``: run the same command under ``torchrun``.
 
     torchrun --nproc-per-node 2 -m interp_tl.cli alignment --out results       # CPU: gloo
-    torchrun --nproc-per-node 8 -m interp_tl.cli all --device cuda --out results  # one node, 8 GPUs: nccl
+    torchrun --nproc-per-node 8 -m interp_tl.cli all --device cuda --out results  # one node, 8 GPUs
     torchrun --nproc-per-node 4 -m interp_tl.cli all --device cuda --n-devices 2 --out results  # 4 ranks x 2 GPUs
 
 Every process (rank) loads the model on its own device and runs the same program. Each
@@ -64,7 +64,10 @@ def active() -> Context | None:
 
 
 def setup(device: str = "cpu", n_devices: int = 1) -> tuple[Context | None, str]:
-    """Join the ``torchrun`` run (gloo on CPU, nccl on GPUs); return the context and this rank's device.
+    """Join the ``torchrun`` run and return the context and this rank's device.
+
+    The process group uses gloo on CPU; on GPUs gloo for CPU tensors (the caches) and NCCL for
+    CUDA tensors.
 
     On CUDA every rank takes its own ``n_devices`` consecutive GPUs (TransformerLens' split of one
     model over several): rank ``LOCAL_RANK`` starts at GPU ``LOCAL_RANK * n_devices`` (``cuda`` /
@@ -89,7 +92,9 @@ def setup(device: str = "cpu", n_devices: int = 1) -> tuple[Context | None, str]
         device = f"cuda:{first}"
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+        # The caches are exchanged as CPU tensors (they are kept on the CPU), which NCCL cannot carry:
+        # on GPUs, gloo carries CPU tensors and NCCL any CUDA tensor.
+        torch.distributed.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo")
     return active(), device
 
 

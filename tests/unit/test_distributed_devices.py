@@ -37,3 +37,13 @@ def test_too_few_gpus_for_the_ranks_is_refused_in_one_line(rank_of_four):
 
 def test_cpu_ranks_keep_the_cpu(rank_of_four):
     assert distributed.setup("cpu", 1)[1] == "cpu"
+
+
+@pytest.mark.parametrize(("device", "backend"), [("cpu", "gloo"), ("cuda", "cpu:gloo,cuda:nccl")])
+def test_the_process_group_can_carry_the_cpu_caches(monkeypatch, rank_of_four, device, backend):
+    """The caches travel as CPU tensors: on GPUs NCCL alone could not carry them, so gloo does."""
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    asked = []
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend: asked.append(backend))
+    distributed.setup(device, 1)
+    assert asked == [backend]
