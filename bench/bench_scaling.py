@@ -14,6 +14,10 @@ flags, the last real token), after a warm-up extraction of 20 pairs:
   rank running its shard of the length-sorted batches, then the ``all_reduce`` that gives every
   rank the whole cache (included in the time).
 
+Also, per model, the host memory that loading takes (a fresh process: its ``VmHWM`` after the
+imports and after ``load_model``, against the bytes of the weights): what sizes a rank's host
+memory for a big model.
+
 Each layout runs ``--reps`` times in alternation; the minimum is kept. Prompts per second =
 2 x pairs / seconds. Run it on a quiet machine (two torch processes at once on 2 cores slow each
 other): the load average before every run goes into the JSON.
@@ -66,6 +70,26 @@ def worker(model_name: str, n_pairs: int, threads: int) -> None:
     distributed.teardown()
 
 
+def _hwm_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+
+
+def load_memory(model_name: str) -> None:
+    """Print the high-water marks of this fresh process after the imports and after loading the model."""
+    import torch  # noqa: F401
+    import transformer_lens  # noqa: F401
+
+    from interp_tl.models import load_model
+
+    imports = _hwm_mb()
+    model = load_model(model_name)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    peak = _hwm_mb()
+    print(json.dumps({"imports_mb": imports, "peak_mb": peak, "weights_mb": weights,
+                      "load_over_weights": (peak - imports) / weights}))
+
+
 def run_layout(model_name: str, n_pairs: int, processes: int, threads: int) -> dict:
     """One fresh run of a layout; its seconds, prompts per second and the load average before it."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
@@ -90,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=["interp-tl/polyglot-toy", "gpt2"])
     ap.add_argument("--json", default=None, metavar="PATH", help="write the results ('auto': bench/results/)")
     ap.add_argument("--worker", nargs=3, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--load-memory", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.load_memory:
+        load_memory(args.load_memory)
+        return 0
     if args.worker:
         worker(args.worker[0], int(args.worker[1]), int(args.worker[2]))
         return 0
@@ -107,9 +135,13 @@ def main(argv: list[str] | None = None) -> int:
             for layout, (processes, threads) in LAYOUTS.items():
                 runs[layout].append(run_layout(name, args.pairs, processes, threads))
         best = {layout: min(r, key=lambda x: x["seconds"]) for layout, r in runs.items()}
-        doc["models"][name] = {"runs": runs, "best": best}
+        memory = subprocess.run([sys.executable, __file__, "--load-memory", name], capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+        doc["models"][name] = {"runs": runs, "best": best,
+                               "load_memory": json.loads(memory.stdout.strip().splitlines()[-1])}
         for layout, b in best.items():
             print(f"{name:24} {layout:34} {b['seconds']:7.2f} s  {b['prompts_per_s']:7.1f} prompts/s")
+        print(f"{name:24} loading: {doc['models'][name]['load_memory']}")
     doc["loadavg_end"] = list(os.getloadavg())
     if args.json:
         path = Path(args.json) if args.json != "auto" else ROOT / "bench" / "results" / (
