@@ -380,7 +380,7 @@ def run(args: argparse.Namespace, emit=print) -> None:
     check_out_dir(args.out)
     from interp_tl import distributed
 
-    ctx, args.device = distributed.setup(args.device)
+    ctx, args.device = distributed.setup(args.device, args.n_devices)
     try:
         _run_checked(args, chosen, ctx, emit)
     finally:
@@ -436,20 +436,41 @@ def _run_checked(args: argparse.Namespace, chosen: dict[str, Any], ctx, emit) ->
             _run_studies(args, chosen, model, identity, staging, emit, main_rank)
 
 
+def _extraction_requests(chosen: dict[str, Any], model, args: argparse.Namespace) -> list[tuple]:
+    """The last-token extractions the chosen studies will ask for: their prompts, hooks and batch size.
+
+    Studies on the same prompts (same problems, languages, BOS and batch size) then share one
+    forward pass over them (:func:`interp_tl.cache.shared_extractions`). None when caches are read
+    from a file.
+    """
+    from interp_tl.studies import STUDIES
+
+    if getattr(args, "from_activations", None):
+        return []
+    requests = []
+    for name, config in chosen.items():
+        study = STUDIES[name]
+        if study.extract is not None and study.prepare is not None and study.hooks is not None:
+            requests.append((study.prepare(model, config).stacked(), study.hooks(model, config), config.batch_size))
+    return requests
+
+
 def _run_studies(args, chosen: dict[str, Any], model, identity, staging, emit, main_rank: bool) -> None:
+    from interp_tl.cache import shared_extractions
     from interp_tl.report import write_index
     from interp_tl.studies import STUDIES
 
     index: list[Path] = []
-    for name, config in chosen.items():
-        study = STUDIES[name]
-        result, files = run_one(study, model, config, args, identity)
-        paths = staging.commit(files)
-        emit(f"{name}: {study.headline(result)}")
-        for path in paths:
-            emit(f"  wrote {path}")
-        if main_rank:
-            index = write_index(staging.out)  # never describes files that are not there, even if interrupted
+    with shared_extractions(model, _extraction_requests(chosen, model, args)):
+        for name, config in chosen.items():
+            study = STUDIES[name]
+            result, files = run_one(study, model, config, args, identity)
+            paths = staging.commit(files)
+            emit(f"{name}: {study.headline(result)}")
+            for path in paths:
+                emit(f"  wrote {path}")
+            if main_rank:
+                index = write_index(staging.out)  # never describes files that are not there, even if interrupted
     _emit_index(index, emit)
 
 

@@ -241,6 +241,7 @@ def plot(result: StudyResult):
     ax_z.set(ylabel="matched-vs-scrambled z (exact null)", title="embedding vs layer 0")
     varexp = data["embedding_pca_varexp"]
     ax_pca.bar(range(len(varexp)), varexp)
+    ax_pca.set_xticks(range(len(varexp)))
     ax_pca.set(xlabel="PC", ylabel="variance explained", title="PCA of unit last-token embeddings")
     pc0 = data["pc0_projections"]["embed"]
     ax_pc0.hist(pc0[0], bins=30, alpha=0.6, label=langs[0])
