@@ -170,6 +170,58 @@ def _mean_weights(mask: torch.Tensor, lengths: np.ndarray, prepend_bos: bool) ->
     return weights
 
 
+class _SharedExtractions:
+    """Last-token extractions planned for several consumers: each runs once, for the union of their hooks."""
+
+    def __init__(self, model, requests: Sequence[tuple[Tokenized, Sequence[str], int]]):
+        self.model = model
+        self.union: dict[tuple, list[str]] = {}
+        counts: dict[tuple, int] = {}
+        for tokens, names, batch_size in requests:
+            key = _request_key(tokens, batch_size)
+            self.union[key] = list(dict.fromkeys([*self.union.get(key, []), *names]))
+            counts[key] = counts.get(key, 0) + 1
+        self.union = {key: names for key, names in self.union.items() if counts[key] > 1}  # shared only
+        self.done: dict[tuple, ActivationCache] = {}
+
+    def serve(self, model, tokens: Tokenized, names: list[str], batch_size: int, progress: bool, desc: str
+              ) -> ActivationCache | None:
+        if model is not self.model:
+            return None
+        key = _request_key(tokens, batch_size)
+        union = self.union.get(key)
+        if union is None or not set(names) <= set(union):
+            return None
+        if key not in self.done:
+            self.done[key] = _extract(model, tokens, union, batch_size, "last", progress, f"{desc} (shared)", ())
+        full = self.done[key]
+        return ActivationCache({name: full.cache_dict[name] for name in names}, model)
+
+
+def _request_key(tokens: Tokenized, batch_size: int) -> tuple:
+    return (tuple(map(tuple, tokens.ids)), tokens.prepend_bos, batch_size)
+
+
+_shared: list[_SharedExtractions] = []
+
+
+@contextmanager
+def shared_extractions(model, requests: Sequence[tuple[Tokenized, Sequence[str], int]]) -> Iterator[None]:
+    """Within the block, :func:`extract` of the same prompts at their last token runs the model once.
+
+    ``requests`` are the ``(tokens, hook_names, batch_size)`` that consumers (e.g. the studies of
+    ``interp-tl all``) will ask for with ``reduce="last"``; where two or more share their prompts
+    and batch size, the first such call extracts the union of their hooks and every call gets its
+    own hooks from it (the same tensors: every value is computed in the same batches with the same
+    padding as alone, so the numbers are the same bit for bit; tested). Other calls run as usual.
+    """
+    _shared.append(_SharedExtractions(model, requests))
+    try:
+        yield
+    finally:
+        _shared.pop()
+
+
 def extract(
     model,
     tokens: Tokenized,
@@ -206,6 +258,16 @@ def extract(
     (``[batch, head, q, k]``) are not reduced here.
     """
     hook_names = list(dict.fromkeys(hook_names))
+    if _shared and reduce == "last" and not fwd_hooks:
+        check_hooks(model, hook_names)
+        served = _shared[-1].serve(model, tokens, hook_names, batch_size, progress, desc)
+        if served is not None:
+            return served
+    return _extract(model, tokens, hook_names, batch_size, reduce, progress, desc, fwd_hooks)
+
+
+def _extract(model, tokens: Tokenized, hook_names: list[str], batch_size: int, reduce: Reduce, progress: bool,
+             desc: str, fwd_hooks: Sequence[tuple]) -> ActivationCache:
     check_hooks(model, hook_names)
     check_lengths(model, tokens)
     if batch_size < 1:

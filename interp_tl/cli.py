@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     head.add_argument("head", help="the head as L.H")
     _model_args(head)
     _add_config(head, HeadsConfig, skip=("top",))
-    every = sub.add_parser("all", help="every study into one folder, with index.md")
+    every = sub.add_parser("all", help="every study into one folder, with index.md and index.html")
     _model_args(every)
     _add_all(every, STUDIES)
     return parser
@@ -302,8 +302,9 @@ def run_one(study, model, config, args: argparse.Namespace, identity: dict[str, 
 
 def _run_head(args: argparse.Namespace, model, config) -> tuple[list[str], dict[str, bytes]]:
     from interp_tl.models import model_provenance, versions
-    from interp_tl.results import StudyResult, json_bytes, provenance
-    from interp_tl.studies.heads import head_report
+    from interp_tl.report import render_head
+    from interp_tl.results import StudyResult, provenance
+    from interp_tl.studies.heads import head_lines, head_report
 
     report = head_report(model, args.head, config)
     name = report["head"]
@@ -311,29 +312,7 @@ def _run_head(args: argparse.Namespace, model, config) -> tuple[list[str], dict[
                       {"name": "parallel-math-7", "n": config.n_pairs, "seed": config.seed,
                        "languages": list(config.langs)}, head=name)
     result = StudyResult("head", report, {**prov, "run": run_identity(args, {"head": config})})
-    return _head_lines(report), {f"head_{name}.json": json_bytes(result.to_dict())}
-
-
-def _head_lines(report: dict) -> list[str]:
-    share, abl, name = report["share"], report["ablation"], report["head"]
-    lines = [f"head {name}:"]
-    if share:
-        lines.append(f"  share of the alignment gap at layer {share['layer_of_residual']}: {share['share']:.5f} "
-                     f"of {share['total']:.5f} (null band {share['band'][0]:.5f}..{share['band'][1]:.5f}, "
-                     f"exact-null z {share['z_exact']:.1f})")
-    lines.append(f"  {abl['ablation']} ablation, change of the exact-null z at layers {abl['layers']}: "
-                 + ", ".join(f"{d:+.2f}" for d in abl["delta_z_exact"]))
-    for lang, att in report["attention"].items():
-        classes = ", ".join(f"{k} {v:.2f}" for k, v in att["mass_by_token_class"].items())
-        lines.append(f"  {lang}: last-token attention entropy {att['entropy']:.2f}, first position "
-                     f"{att['first_position_mass']:.2f}; by token class: {classes}")
-    jac = report["jacobian"]
-    lines.append(f"  Jacobian: cos_diag {jac['cos_diag']:.3f}, cos_ste {jac['cos_ste']:.3f}, "
-                 f"r_diag {jac['r_diag']:.3f}")
-    for other, inv in report["neighbours"].items():
-        lines.append(f"  closest in {other}: W_QK H{inv['W_QK']['closest_head']} ({inv['W_QK']['distance']:.3f}), "
-                     f"W_OV H{inv['W_OV']['closest_head']} ({inv['W_OV']['distance']:.3f})")
-    return lines
+    return head_lines(report), render_head(result)
 
 
 def _available_memory() -> int | None:
@@ -401,7 +380,7 @@ def run(args: argparse.Namespace, emit=print) -> None:
     check_out_dir(args.out)
     from interp_tl import distributed
 
-    ctx, args.device = distributed.setup(args.device)
+    ctx, args.device = distributed.setup(args.device, args.n_devices)
     try:
         _run_checked(args, chosen, ctx, emit)
     finally:
@@ -449,26 +428,56 @@ def _run_checked(args: argparse.Namespace, chosen: dict[str, Any], ctx, emit) ->
             lines, files = _run_head(args, model, chosen["head"])
             for line in [*lines, *[f"  wrote {p}" for p in staging.commit(files)]]:
                 emit(line)
+            if main_rank:
+                from interp_tl.report import write_index
+
+                _emit_index(write_index(staging.out), emit)
         else:
             _run_studies(args, chosen, model, identity, staging, emit, main_rank)
 
 
+def _extraction_requests(chosen: dict[str, Any], model, args: argparse.Namespace) -> list[tuple]:
+    """The last-token extractions the chosen studies will ask for: their prompts, hooks and batch size.
+
+    Studies on the same prompts (same problems, languages, BOS and batch size) then share one
+    forward pass over them (:func:`interp_tl.cache.shared_extractions`). None when caches are read
+    from a file.
+    """
+    from interp_tl.studies import STUDIES
+
+    if getattr(args, "from_activations", None):
+        return []
+    requests = []
+    for name, config in chosen.items():
+        study = STUDIES[name]
+        if study.extract is not None and study.prepare is not None and study.hooks is not None:
+            requests.append((study.prepare(model, config).stacked(), study.hooks(model, config), config.batch_size))
+    return requests
+
+
 def _run_studies(args, chosen: dict[str, Any], model, identity, staging, emit, main_rank: bool) -> None:
+    from interp_tl.cache import shared_extractions
     from interp_tl.report import write_index
     from interp_tl.studies import STUDIES
 
-    indexed = main_rank and (args.study == "all" or (staging.out / "index.json").exists())
-    for name, config in chosen.items():
-        study = STUDIES[name]
-        result, files = run_one(study, model, config, args, identity)
-        paths = staging.commit(files)
-        emit(f"{name}: {study.headline(result)}")
-        for path in paths:
+    index: list[Path] = []
+    with shared_extractions(model, _extraction_requests(chosen, model, args)):
+        for name, config in chosen.items():
+            study = STUDIES[name]
+            result, files = run_one(study, model, config, args, identity)
+            paths = staging.commit(files)
+            emit(f"{name}: {study.headline(result)}")
+            for path in paths:
+                emit(f"  wrote {path}")
+            if main_rank:
+                index = write_index(staging.out)  # never describes files that are not there, even if interrupted
+    _emit_index(index, emit)
+
+
+def _emit_index(paths: list[Path], emit) -> None:
+    for path in paths:
+        if path.suffix != ".json":
             emit(f"  wrote {path}")
-        if indexed:
-            write_index(staging.out)  # never describes files that are not there, even if interrupted
-    if indexed:
-        emit(f"  wrote {staging.out / 'index.md'}")
 
 
 class _Terminated(KeyboardInterrupt):

@@ -1,7 +1,8 @@
 """Prompt-sharded extraction on ``torch.distributed``: run the same command under ``torchrun``.
 
     torchrun --nproc-per-node 2 -m interp_tl.cli alignment --out results       # CPU: gloo
-    torchrun --nproc-per-node 8 -m interp_tl.cli all --device cuda --out results  # one node, 8 GPUs: nccl
+    torchrun --nproc-per-node 8 -m interp_tl.cli all --device cuda --out results  # one node, 8 GPUs
+    torchrun --nproc-per-node 4 -m interp_tl.cli all --device cuda --n-devices 2 --out results  # 4 ranks x 2 GPUs
 
 Every process (rank) loads the model on its own device and runs the same program. Each
 :func:`interp_tl.cache.extract` keeps the single-process batches (prompts sorted by length and
@@ -62,10 +63,15 @@ def active() -> Context | None:
                    int(os.environ.get("LOCAL_RANK", "0")), torch.distributed.get_backend())
 
 
-def setup(device: str = "cpu") -> tuple[Context | None, str]:
-    """Join the ``torchrun`` run (gloo on CPU, nccl on GPUs); return the context and this rank's device.
+def setup(device: str = "cpu", n_devices: int = 1) -> tuple[Context | None, str]:
+    """Join the ``torchrun`` run and return the context and this rank's device.
 
-    On CUDA every rank takes GPU ``LOCAL_RANK`` (``cuda`` / ``cuda:0`` become ``cuda:{LOCAL_RANK}``).
+    The process group uses gloo on CPU; on GPUs gloo for CPU tensors (the caches) and NCCL for
+    CUDA tensors.
+
+    On CUDA every rank takes its own ``n_devices`` consecutive GPUs (TransformerLens' split of one
+    model over several): rank ``LOCAL_RANK`` starts at GPU ``LOCAL_RANK * n_devices`` (``cuda`` /
+    ``cuda:0`` become ``cuda:{LOCAL_RANK * n_devices}``), so 8 GPUs run 4 ranks of 2 GPUs each.
     Outside ``torchrun`` returns ``(None, device)`` and does nothing.
 
     Raises:
@@ -79,12 +85,16 @@ def setup(device: str = "cpu") -> tuple[Context | None, str]:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.device(device).type == "cuda"
     if cuda:
-        if local_rank >= torch.cuda.device_count():
-            raise BadInputError(f"local rank {local_rank} has no GPU: this node has {torch.cuda.device_count()}")
-        device = f"cuda:{local_rank}"
+        first = local_rank * n_devices
+        if first + n_devices > torch.cuda.device_count():
+            raise BadInputError(f"local rank {local_rank} with n_devices={n_devices} needs GPUs {first}.."
+                                f"{first + n_devices - 1}: this node has {torch.cuda.device_count()}")
+        device = f"cuda:{first}"
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+        # The caches are exchanged as CPU tensors (they are kept on the CPU), which NCCL cannot carry:
+        # on GPUs, gloo carries CPU tensors and NCCL any CUDA tensor.
+        torch.distributed.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo")
     return active(), device
 
 

@@ -87,18 +87,45 @@ def plot_head(
     Returns:
         A matplotlib ``Figure`` (query rows, key columns; darker = more attention).
     """
-    fig = figure((5 * len(caches), 4.6))
-    axes = np.atleast_1d(fig.subplots(1, len(caches)))
-    for ax, (name, cache) in zip(axes, caches.items()):
+    patterns = {}
+    for name, cache in caches.items():
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"][prompt, head].detach().float().cpu().numpy()
         if masks is not None and name in masks:
             real = np.flatnonzero(np.asarray(masks[name])[prompt])
             pattern = pattern[np.ix_(real, real)]
+        patterns[name] = (pattern, labels.get(name) if labels else None)
+    return plot_patterns(patterns, f"L{layer}H{head}")
+
+
+def drawable(labels: Sequence[str]) -> list[str]:
+    r"""Tick labels the figure's font can draw: a character it has no glyph for is shown as its escape (``\u662f``).
+
+    Machines without a CJK font would otherwise draw empty boxes (and warn once per glyph).
+    """
+    from matplotlib import font_manager
+
+    font = font_manager.get_font(font_manager.findfont(font_manager.FontProperties()))
+    glyphs = font.get_charmap()
+    return ["".join(c if ord(c) in glyphs or c.isspace() else c.encode("unicode_escape").decode("ascii") for c in label)
+            for label in labels]
+
+
+def plot_patterns(patterns: Mapping[str, tuple[Any, Sequence[str] | None]], head: str):
+    """Attention patterns side by side: ``{name: ([query, key] weights, token strings or None)}``.
+
+    Returns:
+        A matplotlib ``Figure`` (query rows, key columns; darker = more attention); tokens label the
+        axes when there is one per position.
+    """
+    fig = figure((5 * len(patterns), 4.6))
+    axes = np.atleast_1d(fig.subplots(1, len(patterns)))
+    for ax, (name, (pattern, ticks)) in zip(axes, patterns.items()):
+        pattern = np.asarray(pattern, dtype=float)
         image = ax.imshow(pattern, cmap="Blues", vmin=0, vmax=1)
-        ticks = labels.get(name) if labels else None
         if ticks is not None and len(ticks) == pattern.shape[0]:
+            ticks = drawable(ticks)
             ax.set_xticks(range(len(ticks)), ticks, rotation=90, fontsize=6)
             ax.set_yticks(range(len(ticks)), ticks, fontsize=6)
-        ax.set(xlabel="key", ylabel="query", title=f"{name}: L{layer}H{head}")
+        ax.set(xlabel="key", ylabel="query", title=f"{name}: {head}")
         fig.colorbar(image, ax=ax, fraction=0.046, label="attention")
     return fig

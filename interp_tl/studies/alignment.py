@@ -186,8 +186,15 @@ def headline(result: StudyResult) -> str:
             f"{_num(s['total_dz_exact_attn'], '+.1f')} z and the MLPs by {_num(s['total_dz_exact_mlp'], '+.1f')}")
 
 
+def table(result: StudyResult) -> tuple[list[str], list[list[Any]]]:
+    """Per layer, the exact-null z before / after attention / after the MLP and the two Δz."""
+    keys = ["z_exact_pre", "z_exact_post_attn", "z_exact_post_mlp", "dz_exact_attn", "dz_exact_mlp"]
+    return ["layer", *keys], [[r["layer"], *(r[k] for k in keys)] for r in result.data["layer_results"]]
+
+
 STUDY = Study(
     name="alignment", summary="per-layer alignment of two languages' last-token residuals, attention vs MLP",
     config=AlignmentConfig, run=run_alignment, plot=plot, headline=headline, hooks=hooks, prepare=prepare,
     extract=extract_caches, analyse=analyse, check=hooks, docs="docs/studies/alignment.md",
+    table=table,
 )

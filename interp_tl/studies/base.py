@@ -131,6 +131,7 @@ class Study:
             ``model.cfg`` alone (the CLI runs it on the config before loading any weights).
         count: ``count(config) -> int``, the prompts the study runs (default ``n_pairs`` per language).
         docs: the docs page that explains the study.
+        table: ``table(result) -> (columns, rows)``, the study's key table for the HTML report.
     """
 
     name: str
@@ -146,6 +147,7 @@ class Study:
     check: Callable[..., Any] | None = None
     count: Callable[[Any], int] | None = None
     docs: str = ""
+    table: Callable[[StudyResult], tuple[list[str], list[list[Any]]]] | None = None
 
     def rows(self, config: Any) -> int:
         """How many prompts the study tokenizes and runs with ``config``."""

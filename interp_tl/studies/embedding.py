@@ -241,6 +241,7 @@ def plot(result: StudyResult):
     ax_z.set(ylabel="matched-vs-scrambled z (exact null)", title="embedding vs layer 0")
     varexp = data["embedding_pca_varexp"]
     ax_pca.bar(range(len(varexp)), varexp)
+    ax_pca.set_xticks(range(len(varexp)))
     ax_pca.set(xlabel="PC", ylabel="variance explained", title="PCA of unit last-token embeddings")
     pc0 = data["pc0_projections"]["embed"]
     ax_pc0.hist(pc0[0], bins=30, alpha=0.6, label=langs[0])
@@ -263,8 +264,17 @@ def headline(result: StudyResult) -> str:
             f"after layer 0 {z(data['z_exact_l0_output_last_token'])}")
 
 
+def table(result: StudyResult) -> tuple[list[str], list[list[Any]]]:
+    """Each read-out's exact-null z beside the research script's Monte Carlo z."""
+    data = result.data
+    names = ["raw_embed_last_token", "raw_embed_mean_no_bos", "l0_output_last_token", "embed_pos_last_token",
+             "embed_pos_mean_no_bos"]
+    return (["statistic", "z_exact", "z"],
+            [[name, data[f"z_exact_{name}"], data[f"z_{name}"]] for name in names if f"z_{name}" in data])
+
+
 STUDY = Study(
     name="embedding", summary="alignment already in the embeddings vs after layer 0",
     config=EmbeddingConfig, run=run_embedding, plot=plot, headline=headline, hooks=hooks, prepare=prepare,
-    extract=extract_caches, analyse=analyse, docs="docs/studies/embedding.md",
+    extract=extract_caches, analyse=analyse, docs="docs/studies/embedding.md", table=table,
 )

@@ -281,6 +281,29 @@ def attention_stats(model, prompts: ParallelPrompts, layer: int, head: int, batc
     return out
 
 
+def head_patterns(model, prompts: ParallelPrompts, layer: int, head: int, problem: int = 0) -> dict[str, Any]:
+    """The head's whole attention pattern on one problem's prompt in each language (for the report's figure).
+
+    Returns:
+        ``{lang: {"prompt": text, "tokens": [token strings], "pattern": [query][key] weights}}``, the
+        prompt run alone (no padding), BOS included when it was prepended.
+    """
+    import torch
+
+    name = f"blocks.{layer}.attn.hook_pattern"
+    out = {}
+    with torch.inference_mode():
+        for lang in prompts.langs:
+            ids = list(prompts.tokens[lang].ids[problem])
+            tokens = torch.tensor([ids], device=model.cfg.device)
+            _, cache = model.run_with_cache(tokens, return_type=None, stop_at_layer=layer + 1, names_filter=[name])
+            pattern = cache[name][0, head].double().cpu().numpy()
+            out[lang] = {"prompt": prompts.texts(lang)[problem],
+                         "tokens": [model.tokenizer.decode([t]) for t in ids],
+                         "pattern": pattern.tolist()}
+    return out
+
+
 def head_report(model, head: str, config: HeadsConfig = HeadsConfig()) -> dict[str, Any]:
     """Everything about one head (``"L.H"``): share, ablation, attention statistics, Jacobian, neighbours.
 
@@ -288,7 +311,9 @@ def head_report(model, head: str, config: HeadsConfig = HeadsConfig()) -> dict[s
     entropy, mass on the first position, and where the last token looks by token class (BOS,
     digits, letters, other). The Jacobian numbers come from
     :func:`interp_tl.analyses.jacobian.jacobian_statistics` on 20 problems in the two languages;
-    the neighbours from the per-head W_QK / W_OV distances to heads of the adjacent layers.
+    the neighbours from the per-head W_QK / W_OV distances to heads of the adjacent layers;
+    ``patterns``: the head's whole attention pattern on the first problem in each language
+    (:func:`head_patterns`).
     """
     from interp_tl import stats
     from interp_tl.analyses.jacobian import jacobian_statistics
@@ -308,7 +333,8 @@ def head_report(model, head: str, config: HeadsConfig = HeadsConfig()) -> dict[s
     report = {"head": label, "share": share, "z_statistics": dict(stats.Z_STATISTICS),
               "ablation": ablation_effect(model, prompts, layer, h, config.ablation, config.batch_size,
                                           config.n_perms, config.perm_seed),
-              "attention": attention_stats(model, prompts, layer, h, config.batch_size)}
+              "attention": attention_stats(model, prompts, layer, h, config.batch_size),
+              "patterns": head_patterns(model, prompts, layer, h)}
     from interp_tl.prompts import generate_problems
 
     problems = generate_problems(20, config.seed, prompts.langs)
@@ -325,6 +351,29 @@ def head_report(model, head: str, config: HeadsConfig = HeadsConfig()) -> dict[s
                     "distance": float(min(inv[k]["distance"][h]))}
                 for k in ("W_QK", "W_OV")}
     return report
+
+
+def head_lines(report: dict) -> list[str]:
+    """The head report in a few printed lines (what ``interp-tl head`` prints and the HTML report shows)."""
+    share, abl, name = report["share"], report["ablation"], report["head"]
+    lines = [f"head {name}:"]
+    if share:
+        lines.append(f"  share of the alignment gap at layer {share['layer_of_residual']}: {share['share']:.5f} "
+                     f"of {share['total']:.5f} (null band {share['band'][0]:.5f}..{share['band'][1]:.5f}, "
+                     f"exact-null z {share['z_exact']:.1f})")
+    lines.append(f"  {abl['ablation']} ablation, change of the exact-null z at layers {abl['layers']}: "
+                 + ", ".join(f"{d:+.2f}" for d in abl["delta_z_exact"]))
+    for lang, att in report["attention"].items():
+        classes = ", ".join(f"{k} {v:.2f}" for k, v in att["mass_by_token_class"].items())
+        lines.append(f"  {lang}: last-token attention entropy {att['entropy']:.2f}, first position "
+                     f"{att['first_position_mass']:.2f}; by token class: {classes}")
+    jac = report["jacobian"]
+    lines.append(f"  Jacobian: cos_diag {jac['cos_diag']:.3f}, cos_ste {jac['cos_ste']:.3f}, "
+                 f"r_diag {jac['r_diag']:.3f}")
+    for other, inv in report["neighbours"].items():
+        lines.append(f"  closest in {other}: W_QK H{inv['W_QK']['closest_head']} ({inv['W_QK']['distance']:.3f}), "
+                     f"W_OV H{inv['W_OV']['closest_head']} ({inv['W_OV']['distance']:.3f})")
+    return lines
 
 
 #: Writers drawn one by one in the heads figure; the rest are summed into one bar.
@@ -382,8 +431,20 @@ def headline(result: StudyResult) -> str:
     return text
 
 
+#: Writers listed in the heads study's key table (largest shares first).
+TABLE_WRITERS = 10
+
+
+def table(result: StudyResult) -> tuple[list[str], list[list[Any]]]:
+    """The writers with the largest shares of the gap: share, null band, exact-null and Monte Carlo z."""
+    writers = sorted(result.data["writers"], key=lambda w: -w["share"])[:TABLE_WRITERS]
+    return (["writer", "share", "band_low", "band_high", "z_exact", "z"],
+            [[w["name"], w["share"], w["band"][0], w["band"][1], w["z_exact"], w["z"]] for w in writers])
+
+
 STUDY = Study(
     name="heads", summary="additive per-head shares of the alignment, with ablations of the top heads",
     config=HeadsConfig, run=run_heads, plot=plot, headline=headline, hooks=hooks, prepare=prepare,
     extract=extract_caches, analyse=analyse, check=hooks, docs="docs/studies/heads.md",
+    table=table,
 )

@@ -186,8 +186,20 @@ def headline(result: StudyResult) -> str:
             f"one and {s['r_diag']:.2f} of its squared norm; straight-through has cosine {s['cos_ste']:.2f}")
 
 
+def table(result: StudyResult) -> tuple[list[str], list[list[Any]]]:
+    """Per layer, the mean over heads of ``r_diag``, ``cos_diag`` and ``cos_ste``."""
+    layers = result.data["layers"]
+    keys = ["r_diag", "cos_diag", "cos_ste"]
+
+    def mean(values) -> float | None:
+        real = [v for v in values if v is not None]
+        return float(np.mean(real)) if real else None
+
+    return ["layer", *keys], [[i, *(mean(layers[k][i]) for k in keys)] for i in range(len(layers["r_diag"]))]
+
+
 STUDY = Study(
     name="jacobian", summary="softmax backward per head: diagonal vs lateral vs straight-through",
-    config=JacobianConfig, run=run_jacobian, plot=plot, headline=headline, docs="docs/studies/jacobian.md",
+    config=JacobianConfig, run=run_jacobian, plot=plot, headline=headline, docs="docs/studies/jacobian.md", table=table,
     count=lambda config: 0 if config.text_file else config.n_problems * len(config.langs),
 )

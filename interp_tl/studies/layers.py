@@ -379,8 +379,22 @@ def headline(result: StudyResult) -> str:
             f"{min(null[top]['mean'] for null in nulls):.3f})")
 
 
+def table(result: StudyResult) -> tuple[list[str], list[list[Any]]]:
+    """Mean distance per ranked weight family: adjacent pairs, then each null (None where absent)."""
+    data = result.data
+    nulls = list(data["nulls"])
+    rows = []
+    for key in data["ranking"]:
+        row = [key, data["family_stats"][key]["mean"]]
+        for name in nulls:
+            stats = data["nulls"][name].get("family_stats") or {}
+            row.append(stats[key]["mean"] if key in stats else None)
+        rows.append(row)
+    return ["family", "adjacent", *nulls], rows
+
+
 STUDY = Study(
     name="layers", summary="gauge-aligned weight distances between consecutive layers, with nulls",
-    config=LayersConfig, run=run_layers, plot=plot, headline=headline, docs="docs/studies/layers.md",
+    config=LayersConfig, run=run_layers, plot=plot, headline=headline, docs="docs/studies/layers.md", table=table,
     check=lambda model, config: check_block(model, config.layers), count=lambda config: 0,
 )

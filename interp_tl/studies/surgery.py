@@ -564,8 +564,21 @@ def headline(result: StudyResult) -> str:
             f"{s['energy_matched_control_mean_in_language']:.3f}")
 
 
+#: The conditions of the surgery's accuracy table, in column order.
+CONDITIONS = ("baseline", "surgery", "random_control", "energy_matched_control")
+
+
+def table(result: StudyResult) -> tuple[list[str], list[list[Any]]]:
+    """Accuracy per language: baseline, surgery and both controls."""
+    data = result.data
+    rows = [[entry["lang"], *(data[c][i]["accuracy"] for c in CONDITIONS)]
+            for i, entry in enumerate(data["baseline"])]
+    return ["language", *CONDITIONS], rows
+
+
 STUDY = Study(
     name="surgery", summary="language subspace projected out of MLP writes: generation before/after, controls",
     config=SurgeryConfig, run=run_surgery, plot=plot, headline=headline, hooks=hooks, prepare=prepare,
     extract=extract_caches, analyse=analyse, check=edited_layers, docs="docs/studies/surgery.md",
+    table=table,
 )

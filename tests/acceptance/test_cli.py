@@ -17,7 +17,8 @@ FAST = ["--n-pairs", "10", "--n-boot", "0", "--n-perms", "50", "--quiet"]
 def test_alignment_writes_json_png_and_the_cache(tmp_path, capsys):
     assert main(["alignment", *FAST, "--out", str(tmp_path), "--save-activations", "--layers", "0-1,3"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alignment.json", "alignment.png",
-                                                         "alignment_activations.safetensors"]
+                                                         "alignment_activations.safetensors", "index.html",
+                                                         "index.json", "index.md"]
     data = strict_json.read(tmp_path / "alignment.json")
     assert [r["layer"] for r in data["layer_results"]] == [0, 1, 3]
     prov = data["provenance"]
@@ -67,7 +68,7 @@ def test_all_writes_every_study_and_an_index(tmp_path):
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"alignment.json", "alignment.png", "embedding.json", "embedding.png", "surgery.json", "surgery.png",
             "layers.json", "layers.png", "jacobian.json", "jacobian.png", "heads.json", "heads.png", "index.md",
-            "index.json"} == names
+            "index.json", "index.html"} == names
     index = strict_json.read(tmp_path / "run" / "index.json")
     assert [s["study"] for s in index["studies"]] == ["alignment", "embedding", "surgery", "layers", "jacobian",
                                                      "heads"]

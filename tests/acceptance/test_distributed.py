@@ -37,7 +37,8 @@ def test_two_processes_give_the_single_process_json(tmp_path):
     assert two["provenance"]["run"]["distributed"] == {"world_size": 2, "backend": "gloo",
                                                        "sharded": "extraction batches"}
     assert _without_distribution(two) == strict_json.read(tmp_path / "one" / "alignment.json")
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["alignment.json", "alignment.png"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["alignment.json", "alignment.png", "index.html",
+                                                               "index.json", "index.md"]
 
 
 @pytest.mark.slow

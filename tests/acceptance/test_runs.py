@@ -3,6 +3,7 @@ a set, an index that always describes the files present, progress on stderr and 
 
 from __future__ import annotations
 
+import html
 import os
 import shutil
 import subprocess
@@ -107,8 +108,9 @@ def _index_matches_files(out):
         for name in entry["files"]:
             assert (out / name).is_file()
     text = (out / "index.md").read_text("utf-8")
+    page = (out / "index.html").read_text("utf-8")
     for entry in index["studies"]:
-        assert entry["headline"] in text
+        assert entry["headline"] in text and html.escape(entry["headline"]) in page
     return index
 
 
