@@ -355,7 +355,7 @@ def plot(result: StudyResult):
     rnd = data["nulls"]["random_same_spectrum"]["family_stats"]
     right.plot([rnd[c]["mean"] for c in true], y, "rx", label="random, same spectrum")
     right.set_yticks(y, true, fontsize=7)
-    right.set(xlabel="mean distance", title="exact alignments, invariants and norms, against the nulls")
+    right.set(xlabel="mean distance", title="mean distance against the nulls")
     right.legend(fontsize=7)
     model = result.provenance["model"]
     fig.suptitle(f"{model['name']} ({model['processing']}), block {data['block']}", fontsize=9)

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 PYTHON_BLOCK = re.compile(r"(<!-- not run: [^>]+-->\s*\n)?```python\n(.*?)```", re.S)
 #: Link targets another helper is writing (the retrained model's card); drop each once it exists.
-PENDING = {"docs/model-card.md"}
+PENDING: set[str] = set()
 
 
 def _name(path: Path) -> str:
