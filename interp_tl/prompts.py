@@ -146,13 +146,19 @@ def generate_problems(n: int = 200, seed: int = 42, langs: Sequence[str] | None 
     Pitfall: the draws of all categories come from one generator, so ``n=100`` is not the
     first 100 rows of ``n=200``.
     """
+    langs = check_languages(langs if langs is not None else languages())
+    rng, rows = _seed_draws(n, seed)
+    return [_render(i, row, langs) for i, row in enumerate(rows)]
+
+
+def _seed_draws(n: int, seed: int) -> tuple[random.Random, list]:
+    """The seeds' draws: ``n // 5`` rows per category from ``Random(seed)``, shuffled; and the generator after them."""
     if n < 5 or n % 5:
         raise BadInputError(f"n must be a positive multiple of 5 (n // 5 problems per category), got {n}")
-    langs = check_languages(langs if langs is not None else languages())
     rng = random.Random(seed)
     rows = [_draw(rng, category) for category in CATEGORIES for _ in range(n // 5)]
     rng.shuffle(rows)
-    return [_render(i, row, langs) for i, row in enumerate(rows)]
+    return rng, rows
 
 
 def seed_test_problems(per_category: int = 4, seed: int = 42, langs: Sequence[str] | None = None) -> list[Problem]:
@@ -232,12 +238,8 @@ def generate_problems_excluding(
         BadInputError: as :func:`generate_problems`, or no problem of a category outside ``exclude``
             turns up in 10,000 draws.
     """
-    if n < 5 or n % 5:
-        raise BadInputError(f"n must be a positive multiple of 5 (n // 5 problems per category), got {n}")
     langs = check_languages(langs if langs is not None else languages())
-    rng = random.Random(seed)
-    rows = [_draw(rng, category) for category in CATEGORIES for _ in range(n // 5)]
-    rng.shuffle(rows)
+    rng, rows = _seed_draws(n, seed)
     keys = {problem_key(p) for p in exclude}
     replaced = 0
     for i, row in enumerate(rows):
