@@ -79,48 +79,6 @@ def test_all_writes_every_study_and_an_index(tmp_path):
     assert strict_json.read(tmp_path / "run" / "embedding.json")["languages"] == ["es", "ar"]
 
 
-def _exit_code(argv):
-    try:
-        return main(argv)
-    except SystemExit as exc:  # argparse's own errors
-        return exc.code
-
-
-@pytest.mark.parametrize(("args", "message"), [
-    (["alignment", "--langs", "zh", "xx"], "unknown language 'xx'"),
-    (["alignment", "--model", "no-such-model"], "unknown model 'no-such-model'"),
-    (["alignment", "--layers", "4"], "layer 4 is out of range: the model has layers 0..3"),
-    (["embedding", "--n-pairs", "7"], "multiple of 5"),
-    (["alignment", "--processing", "bogus"], "invalid choice"),
-    (["alignment", "--layers", "a-b"], "layers must look like"),
-    (["alignment", "--langs", "en", "en"], "languages repeat"),
-    (["surgery", "--alpha", "1.5"], "alpha must be in [0, 1]"),
-    (["surgery", "--k", "128"], "must be between 1 and d_model - 1 = 127"),
-    (["surgery", "--n-pairs", "10", "--langs", "zh", "en", "--k", "11"], "above the rank 10"),
-    (["surgery", "--layers", "4"], "layer 4 is out of range"),
-    (["surgery", "--langs", "zh", "xx"], "unknown language 'xx'"),
-    (["surgery", "--langs", "zh"], "at least two languages"),
-    (["layers", "--layers", "3"], "the block needs at least two layers"),
-    (["layers", "--layers", "2-4"], "layer 4 is out of range"),
-    (["jacobian", "--text", "/nonexistent/file.txt"], "cannot read text file"),
-    (["jacobian", "--langs", "zh", "qq"], "unknown language 'qq'"),
-    (["jacobian", "--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
-    (["jacobian", "--batch-size", "-1"], "batch_size must be an integer >= 1, got -1"),
-    (["heads", "--top", "-1"], "top must be an integer >= 0, got -1"),
-    (["head", "1.3", "--n-perms", "1"], "n_perms must be an integer >= 2, got 1"),
-    (["alignment", "--n-perms", "1"], "n_perms must be an integer >= 2, got 1"),
-    (["embedding", "--n-perms", "1"], "n_perms must be an integer >= 2, got 1"),
-    (["all", "--n-perms", "1"], "n_perms must be an integer >= 2, got 1"),
-])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
-    out = tmp_path / "out"
-    common = FAST if args[0] in ("alignment", "embedding") else ["--quiet"]
-    code = _exit_code([args[0], *common, "--out", str(out), *args[1:]])
-    err = capsys.readouterr().err
-    assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("interp-tl: error:")
-    assert not out.exists() or not any(out.iterdir())
-
-
 def test_unwritable_output_fails_before_work(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
