@@ -11,14 +11,23 @@ from interp_tl.errors import ModelNotAvailableError
 GOLDENS = Path(__file__).parents[1] / "goldens"
 
 
+def _compared_with_its_record(now: dict, path: Path) -> None:
+    """The check ran on the recorded model and settings, over every recorded layer (it raises on moved z's)."""
+    recorded = goldens.load(path)
+    assert now["model"] == recorded["model"] and now["settings"] == recorded["settings"]
+    assert now["layers"] == recorded["layers"] and len(now["layers"]) > 0
+
+
 def test_default_model_goldens(z_regression, polyglot_model):
     """Per-layer z of the trained offline default model, interp-tl/polyglot-toy, through the package's plugin."""
-    z_regression.check(polyglot_model, fullpath=GOLDENS / goldens.file_name("interp-tl/polyglot-toy"))
+    path = GOLDENS / goldens.file_name("interp-tl/polyglot-toy")
+    _compared_with_its_record(z_regression.check(polyglot_model, fullpath=path), path)
 
 
 def test_toy_goldens(z_regression, toy_model):
     """Per-layer z of the random-weight toy model (checks the machinery on byte tokens)."""
-    z_regression.check(toy_model, fullpath=GOLDENS / goldens.file_name("interp-tl/toy-random"))
+    path = GOLDENS / goldens.file_name("interp-tl/toy-random")
+    _compared_with_its_record(z_regression.check(toy_model, fullpath=path), path)
 
 
 def test_gpt2_goldens(z_regression, request):
@@ -34,4 +43,6 @@ def test_gpt2_goldens(z_regression, request):
         model = load_model("gpt2", processing="none")
     except ModelNotAvailableError as exc:
         pytest.skip(f"GPT-2 small's weights are not available here: {exc}")
-    z_regression.check(model, fullpath=path)
+    now = z_regression.check(model, fullpath=path)
+    if path.exists():
+        _compared_with_its_record(now, path)
