@@ -70,22 +70,18 @@ def worker(model_name: str, n_pairs: int, threads: int) -> None:
     distributed.teardown()
 
 
-def _hwm_mb() -> float:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
-
-
 def load_memory(model_name: str) -> None:
     """Print the high-water marks of this fresh process after the imports and after loading the model."""
     import torch  # noqa: F401
     import transformer_lens  # noqa: F401
+    from bench_speed import rss_mb  # the benchmark beside this one (bench/ is this script's folder)
 
     from interp_tl.models import load_model
 
-    imports = _hwm_mb()
+    imports = rss_mb("VmHWM")
     model = load_model(model_name)
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    peak = _hwm_mb()
+    peak = rss_mb("VmHWM")
     print(json.dumps({"imports_mb": imports, "peak_mb": peak, "weights_mb": weights,
                       "load_over_weights": (peak - imports) / weights}))
 

@@ -258,8 +258,7 @@ def extract(
     (``[batch, head, q, k]``) are not reduced here.
     """
     hook_names = list(dict.fromkeys(hook_names))
-    if _shared and reduce == "last" and not fwd_hooks:
-        check_hooks(model, hook_names)
+    if _shared and reduce == "last" and not fwd_hooks:  # a planned union is checked when it is extracted
         served = _shared[-1].serve(model, tokens, hook_names, batch_size, progress, desc)
         if served is not None:
             return served
