@@ -732,9 +732,11 @@ def _gap_bootstrap(C: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return delta, var
 
 
-def _gap_interval_unchecked(S: np.ndarray, n_boot: int, seed: int | np.integer, level: float) -> BootstrapInterval:
+def _gap_interval_unchecked(S: np.ndarray, n_boot: int, seed: int | np.integer, level: float,
+                            null_sd: float | None = None) -> BootstrapInterval:
+    """:func:`gap_interval` of checked arguments; ``null_sd``: S's exact-null sd where the caller has it."""
     n = S.shape[0]
-    reason = _similarity_reason(S, _exact_null_unchecked(S)[1])
+    reason = _similarity_reason(S, _exact_null_unchecked(S)[1] if null_sd is None else null_sd)
     if reason is not None:
         return BootstrapInterval(math.nan, math.nan, math.nan, math.nan, level, n_boot, 0, seed, GAP_METHOD, reason)
     # The gap and its resamples do not change when a constant is added to S; removing the grand
@@ -989,7 +991,7 @@ def alignment_summary(
     out: dict[str, Any] = result.as_dict()
     out["retrieval"] = _retrieval_from_similarity(S, result.degenerate)
     if n_boot > 0:
-        out["ci"] = _ci_dict(_gap_interval_unchecked(S, n_boot, 0, 0.95))
+        out["ci"] = _ci_dict(_gap_interval_unchecked(S, n_boot, 0, 0.95, result.null_sd_exact))
     return out
 
 

@@ -141,16 +141,25 @@ class _GapSplit:
     rows: memory is one block, time linear in pairs x pairings.
     """
 
-    def __init__(self, xa: np.ndarray, xb: np.ndarray, n_writers: int, perms: np.ndarray):
+    def __init__(self, n: int, d: int, n_writers: int, perms: np.ndarray):
+        self.na, self.nb = np.empty(n), np.empty(n)
+        self.u, self.v = np.empty((n, d)), np.empty((n, d))
+        self.perms, self.inverse = perms, np.argsort(perms, axis=1)
+        self.matched = np.zeros((2, n_writers))
+        self.sums = np.zeros((2, n_writers, d))
+        self.pairings = np.zeros((2, n_writers, len(perms)))
+
+    def residuals(self, rows: slice, xa: np.ndarray, xb: np.ndarray) -> None:
+        """The residuals (the writers' sums) of the pairs ``rows``: their norms and unit vectors.
+
+        Every row's before :meth:`add` of any block with pairings (they gather other rows); without
+        pairings a block's own rows are enough, so one pass over the blocks does.
+        """
         na, nb = np.linalg.norm(xa, axis=1), np.linalg.norm(xb, axis=1)
         if (na == 0).any() or (nb == 0).any():
             raise BadInputError("a residual has zero norm: cannot normalize")
-        self.na, self.nb = na, nb
-        self.u, self.v = xa / na[:, None], xb / nb[:, None]
-        self.perms, self.inverse = perms, np.argsort(perms, axis=1)
-        self.matched = np.zeros((2, n_writers))
-        self.sums = np.zeros((2, n_writers, xa.shape[1]))
-        self.pairings = np.zeros((2, n_writers, len(perms)))
+        self.na[rows], self.nb[rows] = na, nb
+        self.u[rows], self.v[rows] = xa / na[:, None], xb / nb[:, None]
 
     def add(self, rows: slice, parts_a: np.ndarray, parts_b: np.ndarray) -> None:
         """Writers of the pairs ``rows`` in both languages, ``[writer, rows, d]``."""
@@ -226,7 +235,8 @@ def split_gap(
     if parts_a.shape != parts_b.shape or parts_a.ndim != 3:
         raise BadInputError(f"writers must be [writer, n, d] of the same shape, got {parts_a.shape}, {parts_b.shape}")
     c, n, d = parts_a.shape
-    split = _GapSplit(parts_a.sum(0), parts_b.sum(0), c, stats.seed_permutations(n, n_perms, seed))
+    split = _GapSplit(n, d, c, stats.seed_permutations(n, n_perms, seed))
+    split.residuals(slice(None), parts_a.sum(0), parts_b.sum(0))
     step = _block_rows(n, c, d, n_perms)
     for start in range(0, n, step):
         rows = slice(start, start + step)
@@ -297,10 +307,12 @@ def writer_shares(
     """Split the alignment gap of ``blocks.{layer}.hook_resid_post`` over its writers.
 
     The same numbers as :func:`split_gap` of the two :func:`decomposition` s (tested), computed
-    over blocks of pairs so that no ``[writer, n, d]`` array of all writers is ever held: the
-    decomposition of a block is made once for the residuals' norms and once for the shares and
-    their Monte Carlo bands; the exact-null z's then take the writers a group at a time over all
-    pairs (each group's ``[writer, n, d]`` and ``[writer, n, n]`` arrays within a fixed budget).
+    over blocks of pairs so that no ``[writer, n, d]`` array of all writers is ever held. Without
+    nulls each block is decomposed once (its shares need only its own rows). With nulls a block
+    is decomposed once for the residuals' norms and once more for the shares and their Monte Carlo
+    bands (every pairing gathers other blocks' unit residuals); the exact-null z's then take the
+    writers a group at a time over all pairs (each group's ``[writer, n, d]`` and ``[writer, n, n]``
+    arrays within a fixed budget).
 
     Args:
         cache_a: the first language's prompts, one position per prompt, bound to the model,
@@ -331,23 +343,37 @@ def writer_shares(
     writers = (layer + 1) * (model.cfg.n_heads + 1) + 3  # heads, MLPs, embed, pos_embed, bias: sizes the blocks
     step = _block_rows(n, writers, d, len(perms))
     blocks = [slice(start, start + step) for start in range(0, n, step)]
-    sums = {lang: np.empty((n, d)) for lang in "ab"}
-    labels: dict[str, list[str]] = {}
+    split: _GapSplit | None = None
+    labels: list[str] = []
     sum_error = 0.0
-    for rows in blocks:  # first pass: the residuals (the writers' sums) and how far they are from resid_post
-        for lang, cache in (("a", cache_a), ("b", cache_b)):
-            labels[lang], parts, resid = decomposition(select_rows(cache, rows), layer)
-            sums[lang][rows] = parts.sum(0)
-            sum_error = max(sum_error, float(np.abs(sums[lang][rows] - resid).max()))
-    assert labels["a"] == labels["b"]
-    split = _GapSplit(sums["a"], sums["b"], len(labels["a"]), perms)
-    for rows in blocks:
-        split.add(rows, decomposition(select_rows(cache_a, rows), layer)[1],
-                  decomposition(select_rows(cache_b, rows), layer)[1])
+    for rows in blocks:  # the residuals (the writers' sums); without pairings, the shares in the same pass
+        (labels, parts_a, resid_a), (labels_b, parts_b, resid_b) = (
+            decomposition(select_rows(cache, rows), layer) for cache in (cache_a, cache_b))
+        assert labels == labels_b
+        split = split or _GapSplit(n, d, len(labels), perms)
+        xa, xb = parts_a.sum(0), parts_b.sum(0)
+        sum_error = max(sum_error, float(np.abs(xa - resid_a).max()), float(np.abs(xb - resid_b).max()))
+        split.residuals(rows, xa, xb)
+        if not nulls:
+            split.add(rows, parts_a, parts_b)
+    assert split is not None  # n >= 1: one block at least
+    if nulls:  # every pairing gathers rows of other blocks: their unit residuals are all known now
+        for rows in blocks:
+            split.add(rows, decomposition(select_rows(cache_a, rows), layer)[1],
+                      decomposition(select_rows(cache_b, rows), layer)[1])
     result = split.result()
     if not nulls:
-        return WriterShares(layer, labels["a"], result["total"], result["shares"], None, None, sum_error, None)
-    z_exact = np.empty(len(labels["a"]))
+        return WriterShares(layer, labels, result["total"], result["shares"], None, None, sum_error, None)
+    z_exact = _exact_z_by_groups(cache_a, cache_b, layer, blocks, split, result["shares"])
+    return WriterShares(layer, labels, result["total"], result["shares"], result["band"], result["z"],
+                        sum_error, z_exact)
+
+
+def _exact_z_by_groups(cache_a: ActivationCache, cache_b: ActivationCache, layer: int, blocks: list[slice],
+                       split: _GapSplit, shares: np.ndarray) -> np.ndarray:
+    """:func:`exact_share_z` of every writer, a group of writers at a time over all pairs (memory within budget)."""
+    n, d = split.u.shape
+    z_exact = np.empty(len(shares))
     group = max(1, _EXACT_BUDGET // (n * max(n, d)))
     for start in range(0, len(z_exact), group):
         idx = slice(start, start + group)
@@ -356,9 +382,8 @@ def writer_shares(
         for rows in blocks:
             uc[:, rows] = decomposition(select_rows(cache_a, rows), layer)[1][idx] / split.na[None, rows, None]
             vc[:, rows] = decomposition(select_rows(cache_b, rows), layer)[1][idx] / split.nb[None, rows, None]
-        z_exact[idx] = exact_share_z(uc, split.v, split.u, vc, result["shares"][idx])
-    return WriterShares(layer, labels["a"], result["total"], result["shares"], result["band"], result["z"],
-                        sum_error, z_exact)
+        z_exact[idx] = exact_share_z(uc, split.v, split.u, vc, shares[idx])
+    return z_exact
 
 
 def _rows(cache: ActivationCache, layer: int) -> int:
