@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from seed_reference import seeds_matched_vs_scrambled_z
 
-from interp_tl.analyses.alignment import layer_alignment
+from interp_tl.analyses import alignment as align_mod
+from interp_tl.analyses.alignment import layer_alignment, layer_entry
 from interp_tl.cache import from_arrays, load_caches, save_caches, split_languages
 from interp_tl.errors import BadInputError, LayerRangeError
 from interp_tl.studies.alignment import AlignmentConfig, extract_caches, prepare, run_alignment
@@ -78,6 +79,27 @@ def test_statistics_equal_the_seed_loop():
     for key, value in ref_summary.items():
         assert summary[key] == pytest.approx(value, abs=1e-6), key
     assert summary["attn_aligned_layers"] > 0 and summary["mlp_aligned_layers"] < 3  # the data exercises both sides
+
+
+def test_layers_on_threads_equal_the_serial_loop(monkeypatch):
+    """layer_alignment runs its layers a thread per core (BLAS one thread each): the same rows as one at a time."""
+    acts = _synthetic()
+    a, b = from_arrays(_hook_dict(acts["zh"])), from_arrays(_hook_dict(acts["en"]))
+    calls = []
+    real = align_mod.per_layer
+
+    def spy(fn, layers):
+        calls.append(list(layers))
+        return real(fn, layers)
+
+    monkeypatch.setattr(align_mod, "per_layer", spy)
+    monkeypatch.setattr(align_mod.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    threaded = layer_alignment(a, b, layers=[2, 0, 1], n_boot=30).layer_results
+    assert calls == [[2, 0, 1]]
+    serial = [layer_entry(a, b, layer, n_boot=30) for layer in (2, 0, 1)]
+    assert json.dumps(threaded) == json.dumps(serial)  # byte for byte, in the layers' order
+    assert [row["layer"] for row in threaded] == [2, 0, 1]
+    assert align_mod.per_layer(lambda x: x * x, [3, 1, 2]) == [9, 1, 4]
 
 
 @pytest.fixture(scope="module")
