@@ -21,11 +21,14 @@ What runs (each part interleaved: baseline, candidate, then the other order in t
    ``interp-tl alignment --model gpt2 --n-pairs N`` runs after its imports) and with
    ``head_shares=False``. Each timed from model load to written files. Imports are timed
    separately in fresh interpreters (``import torch, transformers`` + interp_tl's prompts for
-   the research way; ``import interp_tl.cli`` + ``interp_tl.studies`` for interp_tl) and added
-   for the whole-process figure. Peak memory: the same interp_tl run (default flags and
+   the research way; ``import interp_tl.cli`` + ``interp_tl.studies`` + ``transformer_lens`` for
+   interp_tl; both with transformers' GPT-2 module, which each way's first ``from_pretrained``
+   imports) and added for the whole-process figure. Peak memory: the same interp_tl run (default flags and
    ``head_shares=False``) as a fresh child process per size, timed end to end, reading its own
    ``VmHWM``: the peak of the whole process, and the study's peak above the loaded model (the
-   high-water mark reset after ``load_model`` and ``malloc_trim``).
+   high-water mark reset after ``load_model`` and ``malloc_trim``), split into the activations the
+   study holds (its caches: prompts x hooks x d_model floats, the data itself, linear in pairs for
+   any method that keeps them) and the working set beyond them (what "flat in pairs" is about).
 2. **extraction vs FLOP floor**, from the default interp_tl runs: forward matmul FLOPs of the
    prompts (per prompt of T tokens and per layer ``2 T (4 d^2 + 2 d d_mlp) + 4 T^2 d``: Q, K, V,
    O, the MLP's two matrices, scores and weighted values; embeddings, norms, GELU, softmax not
@@ -73,6 +76,9 @@ TARGETS = {
     "extraction_over_floor": 1.3,
     "head_shares_overhead": 1.15,  # default / --no-head-shares, whole process
     "generation_speedup": 3.0,  # HF generate one prompt at a time / interp_tl
+    # The study's peak above the loaded model, less the caches it holds (the data, n x hooks x d_model
+    # floats): flat when the larger size's is within 10% of the smaller's.
+    "working_set_growth": 1.1,
 }
 
 
@@ -196,10 +202,14 @@ def memory_child(n: int, head_shares: bool, out: str) -> None:
         f.write("5")
     config = AlignmentConfig(n_pairs=n, head_shares=head_shares)
     prompts = STUDY.prepare(model, config)
-    write_result(STUDY.analyse(model, config, prompts, STUDY.extract(model, config, prompts)), out)
+    caches = STUDY.extract(model, config, prompts)
+    activations = sum(t.numel() * t.element_size() for c in caches.values() for t in c.cache_dict.values()) / 2**20
+    write_result(STUDY.analyse(model, config, prompts, caches), out)
     study_peak = rss_mb("VmHWM")
     print(json.dumps({"peak_rss_mb": max(load_peak, study_peak), "load_peak_rss_mb": load_peak,
-                      "after_load_rss_mb": after_load, "study_peak_above_load_mb": study_peak - after_load}))
+                      "after_load_rss_mb": after_load, "study_peak_above_load_mb": study_peak - after_load,
+                      "activations_mb": activations,
+                      "working_set_mb": study_peak - after_load - activations}))
 
 
 def layer_flops(T: int, d: int, d_mlp: int) -> int:
@@ -281,10 +291,14 @@ def forward_references(n: int) -> dict[str, float]:
 
 def import_times(reps: int) -> dict[str, float]:
     """Seconds to start a fresh interpreter and import what each way imports (min over ``reps``)."""
+    # Both ways load GPT-2 through transformers' GPT-2 classes (TransformerLens converts their weights):
+    # ``from_pretrained`` imports that module at a process's first load. Timed here with the rest of the
+    # imports; in the repeated runs it would fall in the first repetition, which the minimum drops.
+    gpt2 = "import transformers.models.gpt2.modeling_gpt2"
     research = "import torch, transformers, numpy, tqdm; from transformers import AutoModelForCausalLM; " \
-               "import interp_tl.prompts"
+               f"import interp_tl.prompts; {gpt2}"
     interp = "import interp_tl.cli, interp_tl.studies, interp_tl.report, interp_tl.models, transformer_lens, " \
-             "matplotlib.figure"
+             f"matplotlib.figure; {gpt2}"
     out = {"research": float("inf"), "interp_tl": float("inf")}
     for _ in range(reps):
         for key, code in (("research", research), ("interp_tl", interp)):
@@ -317,7 +331,8 @@ def alignment_part(sizes: list[int], reps: int, tmp: Path, forward_refs: bool) -
             out["children"][f"{name}_{n}"] = child
             print(f"  child: alignment n={n} {name:26s} whole process {child['wall_s']:6.1f} s, peak RSS "
                   f"{child['peak_rss_mb']:.0f} MB (loaded model {child['after_load_rss_mb']:.0f} MB, study peak above it "
-                  f"{child['study_peak_above_load_mb']:+.0f} MB)", flush=True)
+                  f"{child['study_peak_above_load_mb']:+.0f} MB = activations {child['activations_mb']:.0f} MB + working "
+                  f"set {child['working_set_mb']:.0f} MB)", flush=True)
     if forward_refs:
         out["forward_refs"] = {"n": min(sizes), **timed(forward_references, min(sizes))[1]}
     return out
@@ -447,7 +462,8 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
                 **{f"{key}{suffix}": al["children"][f"{name}_{n}"][field]
                    for name, suffix in (("interp_tl", ""), ("interp_tl_no_head_shares", "_no_head_shares"))
                    for key, field in (("peak_rss_mb", "peak_rss_mb"), ("study_peak_mb", "study_peak_above_load_mb"),
-                                      ("child_whole_process_s", "wall_s"))},
+                                      ("child_whole_process_s", "wall_s"), ("activations_mb", "activations_mb"),
+                                      ("working_set_mb", "working_set_mb"))},
             }
     gen = doc.get("generation")
     if gen:
@@ -481,6 +497,12 @@ def targets(summary: dict[str, Any]) -> dict[str, Any]:
             hi["peak_rss_mb"] - lo["peak_rss_mb"], None]
         res[f"study's peak above the loaded model, growth {sizes[0]} -> {sizes[-1]} pairs (MB)"] = [
             hi["study_peak_mb"] - lo["study_peak_mb"], None]
+        res[f"activations held (the caches), growth {sizes[0]} -> {sizes[-1]} pairs (MB)"] = [
+            hi["activations_mb"] - lo["activations_mb"], None]
+        for suffix, label in (("", "default flags"), ("_no_head_shares", "--no-head-shares")):
+            ratio = hi[f"working_set_mb{suffix}"] / lo[f"working_set_mb{suffix}"]
+            res[f"working set beyond the activations, {sizes[-1]} / {sizes[0]} pairs, {label} (<= 1.1: flat)"] = [
+                ratio, ratio <= TARGETS["working_set_growth"]]
     if "generation" in summary:
         value = summary["generation"]["speedup"]
         res["generation speedup vs HF generate one at a time (>= 3x)"] = [value, value >= TARGETS["generation_speedup"]]

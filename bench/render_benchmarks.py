@@ -23,6 +23,13 @@ def _s(x: float) -> str:
     return f"{x:.1f} s" if x >= 1 else f"{x:.2f} s"
 
 
+def _mb(s: dict[str, Any], key: str) -> str:
+    """``default / no-head-shares`` MB of ``key``; blank in results from before it was measured."""
+    if key not in s:
+        return ""
+    return f"{s[key]:.0f} / {s[key + '_no_head_shares']:.0f} MB"
+
+
 def _verdict(met: bool | None) -> str:
     return "" if met is None else ("met" if met else "**not met**")
 
@@ -31,8 +38,9 @@ def alignment_table(doc: dict[str, Any]) -> list[str]:
     summary, imports = doc["summary"], doc["alignment"]["imports"]
     rows = ["| pairs | research way | interp-tl (default) | speedup | interp-tl `--no-head-shares` | "
             "default / no-head-shares | extraction | FLOP floor | extraction / floor | statistics (default / "
-            "no-head-shares) | peak RSS (default / no-head-shares) | study's peak above the loaded model |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "no-head-shares) | peak RSS (default / no-head-shares) | study's peak above the loaded model | of which "
+            "activations held | working set beyond them |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     sizes = sorted(int(k.split("_")[1]) for k in summary if k.startswith("alignment_"))
     for n in sizes:
         s = summary[f"alignment_{n}"]
@@ -40,13 +48,15 @@ def alignment_table(doc: dict[str, Any]) -> list[str]:
                     f"{_s(s['interp_tl_no_head_shares_s'])} | {s['head_shares_overhead']:.3f} | {_s(s['extract_s'])} | "
                     f"{_s(s['floor_s'])} | {s['extraction_over_floor']:.2f} | {_s(s['analyse_s'])} / "
                     f"{_s(s['analyse_no_head_shares_s'])} | {s['peak_rss_mb']:.0f} / {s['peak_rss_mb_no_head_shares']:.0f} MB | "
-                    f"{s['study_peak_mb']:+.0f} / {s['study_peak_mb_no_head_shares']:+.0f} MB |")
+                    f"{s['study_peak_mb']:+.0f} / {s['study_peak_mb_no_head_shares']:+.0f} MB | "
+                    f"{_mb(s, 'activations_mb')} | {_mb(s, 'working_set_mb')} |")
     rows.append("")
     rows.append(f"Whole process = the run in the benchmark's process (model load, extraction, statistics, files; "
                 f"minimum of {doc['reps']}) plus the imports timed in a fresh interpreter: research way "
                 f"{_s(imports['research'])}, interp-tl {_s(imports['interp_tl'])}. Peak RSS: the same run as a "
                 f"fresh child process (its `VmHWM`, loading GPT-2 included), and above the loaded model "
-                f"(peak reset after `load_model` and `malloc_trim`).")
+                f"(peak reset after `load_model` and `malloc_trim`), split into the activations the study holds (its "
+                f"caches: prompts x hooks x d_model floats, the data) and the working set beyond them.")
     whole = ", ".join(f"{_s(summary[f'alignment_{n}']['child_whole_process_s'])} at {n:,} pairs" for n in sizes)
     rows.append(f"The child processes, timed end to end once each (default flags): {whole}.")
     refs = doc["alignment"].get("forward_refs")
