@@ -287,12 +287,22 @@ def patch_trials(problems, langs: tuple[str, ...]) -> tuple[list[Trial], int]:
     return trials, len(problems) - 2 * len(trials)
 
 
+def generation_budget(model, prompts: ParallelPrompts, config: LensConfig) -> int:
+    """``max_new_tokens``, cut to what the context leaves after the longest prompt."""
+    longest = int(prompts.stacked().lengths.max())
+    budget = min(config.max_new_tokens, model.cfg.n_ctx - longest)
+    if budget < 1:
+        raise BadInputError(f"a prompt of {longest} tokens leaves no room to generate in a context of "
+                            f"{model.cfg.n_ctx}")
+    return budget
+
+
 def clean_answers(model, prompts: ParallelPrompts, config: LensConfig) -> tuple[dict, dict]:
     """The unpatched greedy answers: ``{(lang, problem): (number, language)}`` and per-language summary."""
     from interp_tl.analyses.lens import follows
     from interp_tl.generation import greedy_completions
 
-    ids = greedy_completions(model, prompts.stacked(), config.max_new_tokens, config.batch_size)
+    ids = greedy_completions(model, prompts.stacked(), generation_budget(model, prompts, config), config.batch_size)
     n, out, summary = prompts.n, {}, {}
     for li, lang in enumerate(prompts.langs):
         states, inside = [], []
@@ -403,6 +413,7 @@ def patching_report(model, config: LensConfig, prompts: ParallelPrompts, prompt_
     if not trials:
         raise BadInputError("no two problems share a template: patching has no pairs (use more n_pairs)")
     clean, clean_summary = clean_answers(model, prompts, config)
+    budget = generation_budget(model, prompts, config)
     targets = Tokenized([prompts.tokens[t.target_lang].ids[t.target] for t in trials], prompts.prepend_bos,
                         prompts.tokens[prompts.langs[0]].bos_id, None)
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)]
@@ -414,7 +425,7 @@ def patching_report(model, config: LensConfig, prompts: ParallelPrompts, prompt_
         classified = []
         for layer in layers:
             patch = list(range(layer, model.cfg.n_layers)) if config.onwards else [layer]
-            ids = patched_completions(model, targets, sources, patch, config.max_new_tokens, config.batch_size)
+            ids = patched_completions(model, targets, sources, patch, budget, config.batch_size)
             classified.append(_classify(model, ids, trials, used, clean))
             bar.update()
         rows = [layer_outcomes(layer, c, trials, used, clean) for layer, c in zip(layers, classified)]
@@ -424,7 +435,7 @@ def patching_report(model, config: LensConfig, prompts: ParallelPrompts, prompt_
     bar.close()
     return {
         "hook": "hook_resid_pre", "position": "the target prompt's last real token (the prompt pass only)",
-        "onwards": config.onwards, "layers": layers, "level": LEVEL,
+        "onwards": config.onwards, "layers": layers, "level": LEVEL, "max_new_tokens": budget,
         "trials": {"n": len(trials), "unpaired_problems": unpaired,
                    "design": "problems paired within their template (answers differ), each problem in one "
                              "trial; ordered language pairs (A != B) in turn",

@@ -128,7 +128,8 @@ def test_patching_a_target_with_its_own_activations_changes_nothing(make_model, 
     targets = tokenize(model, TEXTS)
     own = _sources(model, TEXTS, batch_size=5)  # other batches, other padding than the patched runs
     plain = greedy_completions(model, targets, 12, batch_size=3)
-    logits = model(left_pad(targets.ids, 0)[0], attention_mask=left_pad(targets.ids, 0)[1])[:, -1]
+    with torch.no_grad():
+        logits = model(left_pad(targets.ids, 0)[0], attention_mask=left_pad(targets.ids, 0)[1])[:, -1]
     other = _sources(model, OTHER)
     for layer in range(model.cfg.n_layers):
         assert patched_completions(model, targets, own, [layer], 12, batch_size=3) == plain
@@ -313,3 +314,10 @@ def test_the_clean_run_is_the_unpatched_generation(polyglot_model):
                                                           for x in ids]
     assert summary["ko"]["in_prompt_language"] == 1.0
     assert not any(hp.fwd_hooks for hp in polyglot_model.hook_dict.values())
+    from dataclasses import replace
+
+    from interp_tl.studies.lens import generation_budget
+
+    longest = int(prompts.stacked().lengths.max())
+    assert generation_budget(polyglot_model, prompts, replace(config, max_new_tokens=1000)) == 128 - longest
+    assert generation_budget(polyglot_model, prompts, config) == 10

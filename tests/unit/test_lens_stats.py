@@ -169,3 +169,25 @@ def test_patch_trials_pair_problems_once_within_their_template():
         assert problems[t.source].answer != problems[t.target].answer and t.source_lang != t.target_lang
     ordered = [(a, b) for a in langs for b in langs if a != b]
     assert [(t.source_lang, t.target_lang) for t in trials[:12]] == ordered * 2
+
+
+@pytest.mark.slow
+def test_mean_interval_coverage_on_the_bench_grid():
+    """bench/coverage_mean.py's grid (1000 samples per cell, fixed seeds): 93-97.5% where an interval can cover;
+    the rare-spike cells are bounded by the chance that a sample holds no spike at all (1 - 0.95^n)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_coverage_mean", Path(__file__).resolve().parents[2] / "bench" / "coverage_mean.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for i, case in enumerate(bench.CASES):
+        for n in bench.GRID_N:
+            c = bench.cell(case, n, 1000, 1000, seed=100 + i)["coverage"]
+            if case == "rare" and n < 200:
+                assert c <= 1 - 0.95**n + 0.02, (case, n, c)  # samples without a spike cannot cover the mean
+            elif (case, n) in (("rare", 200), ("u_shaped", 20)):
+                assert 0.95 <= c <= 0.995, (case, n, c)  # conservative
+            else:
+                assert 0.93 <= c <= 0.975, (case, n, c)
