@@ -564,6 +564,7 @@ def _patch_panel(ax, data: dict[str, Any]) -> None:
              ("cross_language", "language_target", "tab:blue", ":", "language follows target"),
              ("cross_language", "number_target", "tab:orange", ":", "number follows target"),
              ("same_language", "number_source", "tab:green", "--", "number follows source (same-language source)"),
+             ("same_language", "number_target", "tab:green", ":", "number follows target (same-language source)"),
              ("mean_over_languages", "number_source", "tab:red", "-.", "number follows source (mean over languages)")]
     for name, outcome, colour, style, label in lines:
         rows = cond[name]["layers"]
