@@ -182,7 +182,7 @@ def test_patched_logits_equal_transformer_lens_on_the_default_model(polyglot_mod
     captured = []
     index = pd.DataFrame({"layer": range(4), "pos": [length - 1] * 4})
     patching.get_act_patch_resid_pre(polyglot_model, corrupted, clean_cache,
-                                     lambda logits: (captured.append(logits[:, -1].clone()), logits.sum())[1],
+                                     lambda logits: (captured.append(logits[:, -1].detach().clone()), logits.sum())[1],
                                      index_axis_names=None, index_df=index)
     targets = Tokenized(corrupted.tolist(), True, 0, None)
     one = last_token(clean_cache, attention_mask=torch.ones_like(clean))
