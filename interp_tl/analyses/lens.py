@@ -106,11 +106,13 @@ def lens_token_stats(
         BadInputError: ``token_ids`` not ``[n, k]`` for the cache's ``n`` prompts, or an id outside
             the vocabulary.
     """
+    if cache.model is None:
+        raise BadInputError("the lens needs the cache's model (its final norm and unembedding): bind the cache")
     ids = np.asarray(token_ids)
     n = next(iter(cache.cache_dict.values())).shape[0]
     if ids.ndim != 2 or ids.shape[0] != n:
         raise BadInputError(f"token_ids must be [n, k] for the cache's {n} prompts, got shape {ids.shape}")
-    vocab = cache.model.cfg.d_vocab_out if cache.model is not None else 0
+    vocab = cache.model.cfg.d_vocab_out
     if ids.size and (ids.min() < 0 or ids.max() >= vocab):
         raise BadInputError(f"token ids must be in [0, {vocab}), got {int(ids.min())}..{int(ids.max())}")
     log_probs = np.empty((cache.model.cfg.n_layers + 1, n, ids.shape[1]))

@@ -321,3 +321,22 @@ def test_the_clean_run_is_the_unpatched_generation(polyglot_model):
     longest = int(prompts.stacked().lengths.max())
     assert generation_budget(polyglot_model, prompts, replace(config, max_new_tokens=1000)) == 128 - longest
     assert generation_budget(polyglot_model, prompts, config) == 10
+
+
+def test_onwards_at_the_last_layer_is_the_single_layer_patch(polyglot_model):
+    """``onwards`` patches L..n-1: at the last layer that is the one-layer patch (same outputs); without a
+    bootstrap the lens bands have no ends."""
+    from dataclasses import replace
+
+    from interp_tl.studies.lens import LensConfig, run_lens
+
+    config = LensConfig(n_pairs=10, langs=("zh", "en"), n_boot=0, max_new_tokens=10)
+    alone = run_lens(polyglot_model, config).data
+    onwards = run_lens(polyglot_model, replace(config, onwards=True)).data
+    assert onwards["patching"]["onwards"] and not alone["patching"]["onwards"]
+    for name in alone["patching"]["conditions"]:
+        a, b = (d["patching"]["conditions"][name]["layers"] for d in (alone, onwards))
+        assert a[-1] == b[-1]
+    first = [d["patching"]["conditions"]["cross_language"]["layers"][0]["language_source"]["k"] for d in (alone, onwards)]
+    assert first[1] > first[0]  # from layer 0 on, every layer's last token is the source's: its language wins
+    assert alone["lens"]["number_position"]["p_answer"]["all"]["lo"] == [None] * 5
