@@ -4,7 +4,8 @@ Data flows one way: a model (:func:`load_model`) and the parallel problem set
 (:func:`generate_problems`, :func:`parallel_prompts`) -> an ``ActivationCache`` with one position
 per prompt (your own ``model.run_with_cache`` reduced by :func:`last_token`, or :func:`extract`) ->
 the analyses (:func:`layer_alignment`, :func:`writer_shares`, :func:`embedding_alignment`,
-:func:`language_subspace`, :func:`attention_jacobian`) over :mod:`interp_tl.stats` -> the studies
+:func:`language_subspace`, :func:`attention_jacobian`, :func:`lens_logits`,
+:func:`patched_completions`) over :mod:`interp_tl.stats` -> the studies
 (:data:`STUDIES`, ``run_alignment`` ...) -> files (:mod:`interp_tl.report`) and the CLI.
 
 Names are imported on first use, so ``import interp_tl`` (and the CLI's argument checks) do not
@@ -33,12 +34,16 @@ _EXPORTS = {
     "layer_alignment": "interp_tl.analyses.alignment", "writer_shares": "interp_tl.analyses.shares",
     "embedding_alignment": "interp_tl.analyses.embedding", "language_subspace": "interp_tl.analyses.subspace",
     "attention_jacobian": "interp_tl.analyses.jacobian", "names_filter": "interp_tl.analyses",
+    "lens_logits": "interp_tl.analyses.lens", "patched_completions": "interp_tl.analyses.lens",
+    "patched_last_logits": "interp_tl.analyses.lens",
     # studies and results
     "STUDIES": "interp_tl.studies", "StudyResult": "interp_tl.results",
     "AlignmentConfig": "interp_tl.studies", "EmbeddingConfig": "interp_tl.studies", "HeadsConfig": "interp_tl.studies",
     "JacobianConfig": "interp_tl.studies", "LayersConfig": "interp_tl.studies", "SurgeryConfig": "interp_tl.studies",
+    "LensConfig": "interp_tl.studies",
     "run_alignment": "interp_tl.studies", "run_embedding": "interp_tl.studies", "run_heads": "interp_tl.studies",
     "run_jacobian": "interp_tl.studies", "run_layers": "interp_tl.studies", "run_surgery": "interp_tl.studies",
+    "run_lens": "interp_tl.studies",
     "head_report": "interp_tl.studies", "plot_head": "interp_tl.figures",
     # errors
     "InterpTLError": "interp_tl.errors", "BadInputError": "interp_tl.errors",

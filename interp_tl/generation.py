@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -52,8 +52,13 @@ def extract_answer(text: str) -> int | None:
     return int(found.group()) if found else None
 
 
+#: ``prompt_hooks(batch) -> [(hook name, hook function), ...]``: forward hooks for one batch's prompt.
+PromptHooks = Callable[[Batch], Sequence[tuple[str, Callable]]]
+
+
 def greedy_completions(
-    model, tokens: Tokenized, max_new_tokens: int = 8, batch_size: int = 64, use_cache: bool = True
+    model, tokens: Tokenized, max_new_tokens: int = 8, batch_size: int = 64, use_cache: bool = True,
+    prompt_hooks: PromptHooks | None = None,
 ) -> list[list[int]]:
     """Greedy continuation of every prompt, cut at the first EOS (which is not included).
 
@@ -65,6 +70,13 @@ def greedy_completions(
         use_cache: keep every layer's keys and values (TransformerLens'
             ``TransformerLensKeyValueCache``) and run one new token per step; False re-runs the
             whole sequence at every step (the reference: the same tokens, tested).
+        prompt_hooks: for each batch, forward hooks that act on its prompt (e.g. an activation
+            patch at the last prompt position): ``prompt_hooks(batch)`` is called once per batch
+            and its hooks run, with the cache, in the one forward pass that sees the prompt;
+            without it, in every step's pass, where the prompt's columns are the same. A hook
+            that edits column ``batch.tokens.shape[1] - 1`` (every row's last real token under
+            left padding) therefore edits it once per sequence either way (tested: the cached and
+            uncached tokens are equal).
 
     Returns:
         per prompt, in input order, the generated token ids.
@@ -88,18 +100,26 @@ def greedy_completions(
     out: list[list[int]] = [[] for _ in tokens.ids]
     with copy_free_attention(model) if use_cache else nullcontext(), torch.inference_mode(), fused_gelu(model):
         for batch in batches(model, tokens, batch_size):
-            for row, ids in zip(batch.rows, generate(model, batch, max_new_tokens, eos)):
+            hooks = list(prompt_hooks(batch)) if prompt_hooks is not None else []
+            for row, ids in zip(batch.rows, generate(model, batch, max_new_tokens, eos, hooks)):
                 out[row] = ids[: ids.index(eos)] if eos in ids else ids
     return out
 
 
-def _greedy_uncached(model, batch: Batch, max_new_tokens: int, eos: int) -> list[list[int]]:
-    """The reference: every step runs the prompt and all generated tokens again."""
+def _hooked(model, hooks: Sequence[tuple]):
+    """``model.hooks(hooks)`` (removed on exit, the caller's own hooks left alone); nothing when there are none."""
+    return model.hooks(fwd_hooks=list(hooks)) if hooks else nullcontext()
+
+
+def _greedy_uncached(model, batch: Batch, max_new_tokens: int, eos: int, hooks: Sequence[tuple] = ()
+                     ) -> list[list[int]]:
+    """The reference: every step runs the prompt and all generated tokens again (``hooks`` in every pass)."""
     toks, mask = batch.tokens, batch.attention_mask
     new = torch.empty((len(batch.rows), 0), dtype=torch.long, device=toks.device)
     done = torch.zeros(len(batch.rows), dtype=torch.bool, device=toks.device)
     for _ in range(max_new_tokens):
-        logits = model(torch.cat([toks, new], 1), attention_mask=torch.cat([mask, torch.ones_like(new)], 1))
+        with _hooked(model, hooks):
+            logits = model(torch.cat([toks, new], 1), attention_mask=torch.cat([mask, torch.ones_like(new)], 1))
         nxt = logits[:, -1].argmax(-1)
         new = torch.cat([new, nxt[:, None]], 1)
         done |= nxt == eos
@@ -188,22 +208,27 @@ def _keep_rows(cache: TransformerLensKeyValueCache, keep: torch.Tensor) -> None:
     cache.previous_attention_mask = cache.previous_attention_mask[keep]
 
 
-def _greedy_cached(model, batch: Batch, max_new_tokens: int, eos: int) -> list[list[int]]:
+def _greedy_cached(model, batch: Batch, max_new_tokens: int, eos: int, hooks: Sequence[tuple] = ()
+                   ) -> list[list[int]]:
     """The prompt once, then one token per step against the cached keys and values; finished rows leave.
 
     The left-padded prompt goes in with its attention mask, which the cache keeps and extends
     with a 1 per generated token (passed explicitly: TransformerLens would otherwise rebuild a
     mask from pad ids, and GPT-2's EOS is its pad). Absolute and rotary positions come from that
     mask (``cumsum - 1``), so a generated token sits at the position it has in the uncached run.
+    ``hooks`` run in the prompt's pass only.
     """
     n_layers = model.cfg.n_layers
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(batch.rows))
     logits_of = _LastLogits(model)
-    resid = model(batch.tokens, attention_mask=batch.attention_mask, past_kv_cache=cache, stop_at_layer=n_layers)
+    with _hooked(model, hooks):  # the prompt's pass, its final norm and unembedding included
+        resid = model(batch.tokens, attention_mask=batch.attention_mask, past_kv_cache=cache, stop_at_layer=n_layers)
+        nxt = logits_of(resid[:, -1:])[:, 0].argmax(-1)
     alive = list(range(len(batch.rows)))
     out: list[list[int]] = [[] for _ in alive]
     for step in range(max_new_tokens):
-        nxt = logits_of(resid[:, -1:])[:, 0].argmax(-1)
+        if step:
+            nxt = logits_of(resid[:, -1:])[:, 0].argmax(-1)
         ids = nxt.tolist()
         for row, token in zip(alive, ids):
             out[row].append(token)

@@ -691,6 +691,66 @@ def studentized_bootstrap(
     return BootstrapInterval(estimate, lo, hi, se, level, idx.shape[0], used, int(seed), STUDENTIZED, reason)
 
 
+#: :attr:`BootstrapInterval.method` of :func:`mean_intervals`.
+MEAN_METHOD = STUDENTIZED + " (of a mean over units: the jackknife se is sd / sqrt(n))"
+
+
+def mean_intervals(
+    values: Float[np.ndarray, "n k"], n_boot: int = 1000, seed: int | np.integer = 0, level: float = 0.95
+) -> list[BootstrapInterval]:
+    """Studentized bootstrap interval of the mean of every column, all on the same resamples of the rows.
+
+    Rows are the units resampled (e.g. problems); each column is one statistic's per-unit value
+    (e.g. a probability per problem at one layer). The interval is the one of
+    :func:`studentized_bootstrap` with ``jackknifed(np.mean)`` (tested equal to 1e-10), computed
+    for all columns at once: with counts ``w`` of each resample and ``c = x - mean(x)``, the
+    resample's mean is ``mean(x) + w·c / n`` and its jackknife se ``sd(ddof=1) / sqrt(n)`` (the
+    jackknife se of a mean in closed form) from ``w·c`` and ``w·c²``. Coverage on data shaped
+    like the lens study's probabilities is measured in ``bench/coverage_mean.py``
+    (``docs/statistics.md``).
+
+    Args:
+        values: ``[n units, k statistics]``, finite.
+        n_boot: resamples (:func:`resample_indices`; the same ``n``, ``n_boot`` and ``seed`` give
+            the same resamples as every other interval of the module).
+        seed: seed of the resamples.
+        level: nominal two-sided coverage, in (0, 1).
+
+    Returns:
+        One :class:`BootstrapInterval` per column (method :data:`MEAN_METHOD`); no interval (NaN
+        ends, a reason) for a column without spread (e.g. every value equal) or with fewer than
+        two rows.
+
+    Raises:
+        BadInputError: ``values`` not 2-D or not finite; invalid ``n_boot``, ``seed`` or ``level``.
+    """
+    x = _check_2d(values, "values")
+    level = _check_level(level)
+    n, k = x.shape
+    idx = resample_indices(n, n_boot, seed)
+    centre = x.mean(axis=0)
+    c = x - centre  # centred before squaring: a shared offset costs no precision
+    with np.errstate(divide="ignore", invalid="ignore"):
+        se = c.std(axis=0, ddof=1) / math.sqrt(n) if n > 1 else np.full(k, math.nan)
+        boot_means, boot_ses = np.empty((idx.shape[0], k)), np.empty((idx.shape[0], k))
+        chunk = max(1, _GATHER_BUDGET // max(1, n))
+        for start in range(0, idx.shape[0], chunk):
+            w = _resample_counts(idx[start:start + chunk], n)
+            shift = w @ c / n
+            var = np.maximum(w @ (c * c) / n - shift**2, 0.0) * (n / (n - 1) if n > 1 else math.nan)
+            boot_means[start:start + chunk] = centre + shift
+            boot_ses[start:start + chunk] = np.sqrt(var / n)
+    out = []
+    for j in range(k):
+        lo, hi, used = studentized_interval(float(centre[j]), float(se[j]), boot_means[:, j], boot_ses[:, j], level)
+        reason = _interval_reason(float(se[j]), used, idx.shape[0], "mean", float(np.max(np.abs(x[:, j]))))
+        if reason is not None:
+            lo = hi = math.nan
+        out.append(BootstrapInterval(float(centre[j]), lo, hi, float(se[j]), level, idx.shape[0], used, int(seed),
+                                     MEAN_METHOD, reason))
+    return out
+
+
 def _resample_counts(idx: np.ndarray, n: int) -> np.ndarray:
     flat = (idx + n * np.arange(idx.shape[0])[:, None]).ravel()
     return np.bincount(flat, minlength=idx.shape[0] * n).reshape(idx.shape[0], n).astype(np.float64)
@@ -1289,3 +1349,94 @@ def paired_binary_tests(
     """
     return {"per_stratum": {s: mcnemar(before[s], after[s]) for s in before},
             "pooled": stratified_mcnemar(before, after), "by_item": item_sign_flip(before, after)}
+
+
+# ---------------------------------------------------------------------------------------------
+# binomial fractions
+
+
+#: How :func:`binomial_interval` makes its interval, in words for the JSON.
+CLOPPER_PEARSON = ("Clopper-Pearson exact binomial interval: coverage >= level for every true fraction "
+                   "(independent trials)")
+
+
+def binomial_interval(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson interval of a fraction ``successes / trials`` of independent trials.
+
+    ``[Beta(alpha/2; k, n - k + 1), Beta(1 - alpha/2; k + 1, n - k)]`` quantiles (0 and 1 at the
+    ends ``k = 0``, ``k = n``), equal to ``scipy.stats.binomtest(k, n).proportion_ci(method="exact")``
+    (tested). Its coverage is at least ``level`` for every true fraction (tested exactly by
+    summing the binomial distribution over a grid of fractions).
+
+    Args:
+        successes: ``k``, an integer in ``[0, trials]``.
+        trials: ``n >= 0``; with no trials the interval is ``(0, 1)``.
+        level: nominal two-sided coverage, in (0, 1).
+
+    Returns:
+        ``(lo, hi)``.
+
+    Raises:
+        BadInputError: counts that are not integers, negative, or ``successes > trials``; bad level.
+
+    Pitfall: the trials must be independent; a fraction pooled over items that recur (the
+    same problem in several languages) is not a binomial count.
+    """
+    from scipy.stats import beta
+
+    level = _check_level(level)
+    n = _check_count(trials, "trials", 0)
+    k = _check_count(successes, "successes", 0)
+    if k > n:
+        raise BadInputError(f"successes must be at most trials, got {k} of {n}")
+    alpha = 1.0 - level
+    lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return lo, hi
+
+
+#: How :func:`first_crossing` makes its confidence set, in words for the JSON.
+FIRST_CROSSING_METHOD = ("first index whose fraction exceeds the threshold; confidence set [first index whose "
+                         "upper bound exceeds it, first index whose lower bound exceeds it] from Clopper-Pearson "
+                         "intervals Bonferroni-adjusted over the indices, so it holds the true first crossing with "
+                         "probability >= level (no monotonicity assumed); an end past the last index is null")
+
+
+def first_crossing(
+    successes: Sequence[int], trials: Sequence[int], threshold: float = 0.5, level: float = 0.95
+) -> dict[str, Any]:
+    """Where a sequence of fractions (e.g. one per layer) first exceeds ``threshold``, with a confidence set.
+
+    Args:
+        successes: ``k_i`` per index.
+        trials: ``n_i`` per index (independent trials within an index).
+        threshold: the fraction to exceed, in [0, 1).
+        level: simultaneous coverage of the set.
+
+    Returns:
+        ``estimate`` (first ``i`` with ``k_i / n_i > threshold``, None if none), ``set``
+        ``[lo, hi]`` (``lo``: first ``i`` whose upper bound exceeds the threshold; ``hi``: first
+        ``i`` whose lower bound does; None for "past the last index"), ``level``, ``threshold``
+        and ``method``. With all intervals holding their fractions at once (probability >=
+        ``level`` by Bonferroni), the true first crossing ``i*`` (past the end if none) lies in
+        ``[lo, hi]``: ``p_{i*} > threshold`` puts ``lo <= i*``, and ``p_hi >= lower_hi > threshold``
+        puts ``i* <= hi``. Its coverage is checked by simulation in ``tests/unit/test_lens_stats.py``.
+
+    Raises:
+        BadInputError: lists of different lengths or empty, a threshold outside [0, 1), bad counts.
+    """
+    if len(successes) != len(trials) or not len(trials):
+        raise BadInputError(f"need one count of trials per count of successes, got {len(successes)} and "
+                            f"{len(trials)}")
+    if not 0.0 <= threshold < 1.0:
+        raise BadInputError(f"threshold must be in [0, 1), got {threshold!r}")
+    level = _check_level(level)
+    each = 1.0 - (1.0 - level) / len(trials)
+    bounds = [binomial_interval(k, n, each) for k, n in zip(successes, trials)]
+
+    def first(flags: Sequence[bool]) -> int | None:
+        return next((i for i, hit in enumerate(flags) if hit), None)
+
+    return {"estimate": first([n > 0 and k / n > threshold for k, n in zip(successes, trials)]),
+            "set": [first([hi > threshold for _, hi in bounds]), first([lo > threshold for lo, _ in bounds])],
+            "level": level, "threshold": threshold, "method": FIRST_CROSSING_METHOD}

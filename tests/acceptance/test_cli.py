@@ -63,20 +63,35 @@ def test_from_activations_refuses_other_prompts_models_and_tampering(tmp_path, c
     assert "cannot read activations file" in capsys.readouterr().err
 
 
+def test_lens_writes_its_files_and_reanalyses_a_saved_cache(tmp_path, capsys):
+    args = ["lens", "--n-pairs", "10", "--langs", "zh", "en", "--n-boot", "100", "--max-new-tokens", "10", "--quiet"]
+    assert main([*args, "--out", str(tmp_path), "--save-activations"]) == 0
+    assert {"lens.json", "lens.png", "lens_activations.safetensors"} <= {p.name for p in tmp_path.iterdir()}
+    caches, meta = load_caches(tmp_path / "lens_activations.safetensors")
+    assert set(caches) == {"prompt", "number"} and caches["number"]["blocks.3.hook_resid_post"].shape == (20, 1, 128)
+    assert "lens: last-token resid_pre of another problem" in capsys.readouterr().out
+    again = tmp_path / "again"
+    assert main([*args, "--out", str(again), "--from-activations", str(tmp_path / "lens_activations.safetensors")]) == 0
+    first, second = strict_json.read(tmp_path / "lens.json"), strict_json.read(again / "lens.json")
+    assert first["lens"] == second["lens"] and first["patching"] == second["patching"]
+
+
 def test_all_writes_every_study_and_an_index(tmp_path):
     assert main(["all", *FAST, "--out", str(tmp_path / "run"), "--langs", "es", "ar"]) == 0
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"alignment.json", "alignment.png", "embedding.json", "embedding.png", "surgery.json", "surgery.png",
-            "layers.json", "layers.png", "jacobian.json", "jacobian.png", "heads.json", "heads.png", "index.md",
-            "index.json", "index.html"} == names
+            "layers.json", "layers.png", "jacobian.json", "jacobian.png", "heads.json", "heads.png", "lens.json",
+            "lens.png", "index.md", "index.json", "index.html"} == names
     index = strict_json.read(tmp_path / "run" / "index.json")
     assert [s["study"] for s in index["studies"]] == ["alignment", "embedding", "surgery", "layers", "jacobian",
-                                                     "heads"]
+                                                     "heads", "lens"]
     surgery = strict_json.read(tmp_path / "run" / "surgery.json")
     assert surgery["provenance"]["prompts"]["n"] == 10 and [r["lang"] for r in surgery["baseline"]] == ["es", "ar"]
     jacobian = strict_json.read(tmp_path / "run" / "jacobian.json")
     assert jacobian["provenance"]["sequences"]["languages"] == ["es", "ar"]
     assert strict_json.read(tmp_path / "run" / "embedding.json")["languages"] == ["es", "ar"]
+    lens = strict_json.read(tmp_path / "run" / "lens.json")
+    assert lens["languages"] == ["es", "ar"] and set(lens["patching"]["trials"]["language_pairs"]) == {"es>ar", "ar>es"}
 
 
 def test_unwritable_output_fails_before_work(tmp_path, capsys):

@@ -32,6 +32,7 @@ STUDY_ARGS = {
     "layers": ["--quiet", "--layers", "1-2"],
     "jacobian": ["--quiet", "--n-problems", "5", "--langs", "zh", "en"],
     "heads": ["--n-pairs", "5", "--n-perms", "20", "--quiet", "--top", "1"],  # no bootstrap in the heads study
+    "lens": ["--quiet", "--n-pairs", "10", "--langs", "zh", "en", "--n-boot", "50", "--max-new-tokens", "6"],
     "head": ["1.0", "--n-pairs", "5", "--n-perms", "20", "--quiet"],
 }
 #: |TransformerLens - Hugging Face| on logits (scale ~1) and relative on hidden states: measured <= 9.7e-7 (float32).
@@ -145,6 +146,35 @@ def test_every_study_runs_by_name(offline_hub, tmp_path, capsys, name, study):
         assert data["provenance"]["prompts"]["prepend_bos"] is False
 
 
+@pytest.mark.parametrize("name", [*QWENS, GPT2])
+def test_lens_at_the_last_layer_is_the_models_log_probs(offline_hub, name):
+    """The logit lens on the real architectures (RMSNorm + q/k norms, LayerNorm): final_post = the model's output."""
+    from interp_tl.analyses.lens import lens_hook_names, lens_logits
+    from interp_tl.cache import extract
+    from interp_tl.tokens import tokenize
+
+    model = models.load_model(name)
+    tokens = tokenize(model, _texts())
+    cache = extract(model, tokens, lens_hook_names(model), batch_size=4)
+    lens = lens_logits(cache)[-1].double().log_softmax(-1)
+    for i, ids in enumerate(tokens.ids):
+        with torch.no_grad():
+            want = model(torch.tensor([ids]))[0, -1].double().log_softmax(-1)
+        assert float((lens[i] - want).abs().max()) < LOGIT_TOL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [*QWENS, GPT2])
+def test_the_lens_study_runs_by_name(offline_hub, tmp_path, name):
+    out = tmp_path / "out"
+    assert main(["lens", *STUDY_ARGS["lens"], "--model", name, "--out", str(out)]) == 0
+    data = strict_json.read(out / "lens.json")
+    assert data["provenance"]["model"]["name"] == name and data["lens"]["layers"][-1] == "final_post"
+    assert data["patching"]["trials"]["n"] >= 2 and [r["layer"] for r in
+                                                     data["patching"]["conditions"]["cross_language"]["layers"]] == [
+        0, 1, 2, 3]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "dtype"), [(name, dtype) for name in QWENS for dtype in ("float32", "bfloat16",
                                                                                           "float16")]
@@ -159,7 +189,8 @@ def test_all_runs_by_name(offline_hub, tmp_path, monkeypatch, name, dtype):
         pytest.skip(f"{dtype} does not run on this CPU")
     short = ["--surgery.k", "2", "--surgery.langs", "zh", "en", "--surgery.eval-per-category", "1",
              "--surgery.max-new-tokens", "4", "--surgery.sweep-k", "1", "--surgery.sweep-alpha", "1",
-             "--surgery.loss-n", "5", "--jacobian.n-problems", "5", "--jacobian.langs", "zh", "en"]
+             "--surgery.loss-n", "5", "--jacobian.n-problems", "5", "--jacobian.langs", "zh", "en",
+             "--lens.n-pairs", "10", "--lens.langs", "zh", "en", "--lens.max-new-tokens", "6"]
     out = tmp_path / "all"
     assert main(["all", *FAST, *short, "--model", name, "--dtype", dtype, "--out", str(out)]) == 0
     index = strict_json.read(out / "index.json")
