@@ -88,7 +88,7 @@ def _release_thread_arenas() -> None:
     """
     try:
         ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no such C library, no malloc_trim, no process handle (Windows)
         pass
 
 
