@@ -401,6 +401,22 @@ def _language_summary(langs_out: list[str], prompt_lang: str) -> dict[str, Any]:
             "in_language": counts[prompt_lang] / len(langs_out) if langs_out else None}
 
 
+def context_budget(model, tokens: Tokenized, max_new_tokens: int, where: str = "") -> int:
+    """``max_new_tokens``, cut to what the context leaves after the longest of ``tokens``.
+
+    ``where`` names the prompts in the error (e.g. ``" in zh"``).
+
+    Raises:
+        BadInputError: the longest prompt leaves no room to generate.
+    """
+    longest = int(tokens.lengths.max())
+    budget = min(max_new_tokens, model.cfg.n_ctx - longest)
+    if budget < 1:
+        raise BadInputError(f"a prompt of {longest} tokens{where} leaves no room to generate in a context of "
+                            f"{model.cfg.n_ctx}")
+    return budget
+
+
 def evaluate_generation(
     model, problems: Sequence[Problem], langs: Sequence[str], max_new_tokens: int = 128, batch_size: int = 32,
     prepend_bos: bool | None = None, label: str = "",
@@ -423,9 +439,7 @@ def evaluate_generation(
     tok = model.tokenizer
     for lang in langs:
         tokens = tokenize(model, [p.prompts[lang] for p in problems], prepend_bos)
-        budget = min(max_new_tokens, model.cfg.n_ctx - int(tokens.lengths.max()))
-        if budget < 1:
-            raise BadInputError(f"the prompts in {lang} leave no room to generate in a context of {model.cfg.n_ctx}")
+        budget = context_budget(model, tokens, max_new_tokens, f" in {lang}")
         ids = greedy_completions(model, tokens, max_new_tokens=budget, batch_size=batch_size)
         rows, fats, fat_tokens, langs_out, mask = [], [], [], [], []
         for problem, gen_ids in zip(problems, ids):

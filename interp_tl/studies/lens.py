@@ -37,6 +37,7 @@ Two tools of the cross-lingual literature on the problem set, built on the cache
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -289,12 +290,9 @@ def patch_trials(problems, langs: tuple[str, ...]) -> tuple[list[Trial], int]:
 
 def generation_budget(model, prompts: ParallelPrompts, config: LensConfig) -> int:
     """``max_new_tokens``, cut to what the context leaves after the longest prompt."""
-    longest = int(prompts.stacked().lengths.max())
-    budget = min(config.max_new_tokens, model.cfg.n_ctx - longest)
-    if budget < 1:
-        raise BadInputError(f"a prompt of {longest} tokens leaves no room to generate in a context of "
-                            f"{model.cfg.n_ctx}")
-    return budget
+    from interp_tl.generation import context_budget
+
+    return context_budget(model, prompts.stacked(), config.max_new_tokens)
 
 
 def clean_answers(model, prompts: ParallelPrompts, config: LensConfig) -> tuple[dict, dict]:
@@ -359,20 +357,13 @@ def layer_outcomes(layer: int, classified: list, trials: list[Trial], used: list
     entry: dict[str, Any] = {"layer": layer}
     for outcome in OUTCOMES:
         entry[outcome] = _count([getattr(f, outcome) for _, f in classified])
-    entry["languages"] = dict(sorted(_tally(f.language for _, f in classified).items()))
+    entry["languages"] = dict(sorted(Counter(f.language for _, f in classified).items()))
     entry["examples"] = [
         {"source": "+".join(langs), "target": t.target_lang,
          "source_answers": sorted({x for x in (clean[(lang, t.source)][0] for lang in langs) if x is not None}),
          "target_answer": clean[(t.target_lang, t.target)][0], "output": text[:80]}
         for (text, _), t, langs in list(zip(classified, trials, used))[:N_EXAMPLES]]
     return entry
-
-
-def _tally(values) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return out
 
 
 def first_layers(rows: list[dict], layers: list[int]) -> dict[str, Any]:
@@ -439,7 +430,7 @@ def patching_report(model, config: LensConfig, prompts: ParallelPrompts, prompt_
         "trials": {"n": len(trials), "unpaired_problems": unpaired,
                    "design": "problems paired within their template (answers differ), each problem in one "
                              "trial; ordered language pairs (A != B) in turn",
-                   "language_pairs": _tally(f"{t.source_lang}>{t.target_lang}" for t in trials)},
+                   "language_pairs": dict(Counter(f"{t.source_lang}>{t.target_lang}" for t in trials))},
         "definitions": DEFINITIONS,
         "clean": clean_summary,
         "conditions": conditions,
