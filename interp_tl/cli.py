@@ -282,9 +282,12 @@ def run_identity(args: argparse.Namespace, chosen: dict[str, Any]) -> dict[str, 
     return {"command": args.study, "id": digest}
 
 
-def run_one(study, model, config, args: argparse.Namespace, identity: dict[str, str] | None = None
-            ) -> tuple[Any, dict[str, bytes]]:
-    """Run one study as the arguments ask (extract or load caches, analyse); its result and rendered files."""
+def run_one(study, model, config, args: argparse.Namespace, identity: dict[str, str] | None = None,
+            prompts=None) -> tuple[Any, dict[str, bytes]]:
+    """Run one study as the arguments ask (extract or load caches, analyse); its result and rendered files.
+
+    ``prompts``: the study's ``prepare(model, config)`` where the caller has made it already.
+    """
     from interp_tl.report import render
     from interp_tl.results import StudyResult
 
@@ -292,7 +295,7 @@ def run_one(study, model, config, args: argparse.Namespace, identity: dict[str, 
     if study.extract is None:
         result = study.run(model, config, progress=not args.quiet)
     else:
-        prompts = study.prepare(model, config)
+        prompts = study.prepare(model, config) if prompts is None else prompts
         caches, extra = _caches_for(study, model, config, prompts, args)
         result = study.analyse(model, config, prompts, caches, progress=not args.quiet)
     if identity is not None:
@@ -436,23 +439,25 @@ def _run_checked(args: argparse.Namespace, chosen: dict[str, Any], ctx, emit) ->
             _run_studies(args, chosen, model, identity, staging, emit, main_rank)
 
 
-def _extraction_requests(chosen: dict[str, Any], model, args: argparse.Namespace) -> list[tuple]:
-    """The last-token extractions the chosen studies will ask for: their prompts, hooks and batch size.
+def _extraction_requests(chosen: dict[str, Any], model, args: argparse.Namespace) -> tuple[list[tuple], dict]:
+    """The last-token extractions the chosen studies will ask for, and the prompts prepared for them.
 
-    Studies on the same prompts (same problems, languages, BOS and batch size) then share one
-    forward pass over them (:func:`interp_tl.cache.shared_extractions`). None when caches are read
-    from a file.
+    Requests are ``(tokens, hooks, batch size)``; studies on the same prompts (same problems,
+    languages, BOS and batch size) then share one forward pass over them
+    (:func:`interp_tl.cache.shared_extractions`). The prompts (``{name: prompts}``) are handed on
+    to the studies so none is tokenized twice. Nothing when caches are read from a file.
     """
     from interp_tl.studies import STUDIES
 
     if getattr(args, "from_activations", None):
-        return []
-    requests = []
+        return [], {}
+    requests, prepared = [], {}
     for name, config in chosen.items():
         study = STUDIES[name]
         if study.extract is not None and study.prepare is not None and study.hooks is not None:
-            requests.append((study.prepare(model, config).stacked(), study.hooks(model, config), config.batch_size))
-    return requests
+            prepared[name] = study.prepare(model, config)
+            requests.append((prepared[name].stacked(), study.hooks(model, config), config.batch_size))
+    return requests, prepared
 
 
 def _run_studies(args, chosen: dict[str, Any], model, identity, staging, emit, main_rank: bool) -> None:
@@ -461,10 +466,11 @@ def _run_studies(args, chosen: dict[str, Any], model, identity, staging, emit, m
     from interp_tl.studies import STUDIES
 
     index: list[Path] = []
-    with shared_extractions(model, _extraction_requests(chosen, model, args)):
+    requests, prepared = _extraction_requests(chosen, model, args)
+    with shared_extractions(model, requests):
         for name, config in chosen.items():
             study = STUDIES[name]
-            result, files = run_one(study, model, config, args, identity)
+            result, files = run_one(study, model, config, args, identity, prepared.get(name))
             paths = staging.commit(files)
             emit(f"{name}: {study.headline(result)}")
             for path in paths:
